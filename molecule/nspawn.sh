@@ -29,7 +29,8 @@ MIRROR=${MAILROOM_MOLECULE_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${MAILROOM_MOLECULE_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 BOOT_TIMEOUT=${MAILROOM_MOLECULE_BOOT_TIMEOUT:-60}
 SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,procps,ca-certificates
+# sudo: site.yml uses become, as it does on a real server.
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,procps,ca-certificates,sudo
 # Bump when the way the base is built changes: forces a rebuild.
 BASE_FORMAT=1
 NAT_COMMENT=mailroom-molecule
