@@ -1,0 +1,101 @@
+"""The `mailroom` command: daemons and admin tasks.
+
+Exit codes: 0 success, 1 the input (configuration, password) is wrong,
+2 usage error (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .accounts import hash_password
+from .config import ConfigError, load
+from .tls import server_context
+
+DEFAULT_CONFIG = "/etc/mailroom/mailroom.yml"
+
+
+def config_check(args: argparse.Namespace) -> int:
+    try:
+        config = load(args.file)
+        if config.tls_certificate and config.tls_private_key:
+            try:
+                server_context(config.tls_certificate, config.tls_private_key)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ConfigError("tls", f"cannot load certificate and key: {exc}") from None
+    except ConfigError as exc:
+        print(f"mailroom: {args.file}: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"{args.file}: OK ({len(config.domains)} domains, {len(config.users)} users)")
+    return 0
+
+
+def password_hash(args: argparse.Namespace) -> int:
+    # The password comes on stdin so it never shows in a process list.
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("mailroom: no password on standard input", file=sys.stderr)
+        return 1
+    try:
+        key = Path(args.salt_key).read_bytes()
+        print(hash_password(password, address=args.address, salt_key=key))
+    except (OSError, ValueError) as exc:
+        print(f"mailroom: {args.salt_key}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def smtpd(args: argparse.Namespace) -> int:
+    from .smtp.server import (
+        serve,  # imported late: the admin commands don't need aiosmtpd
+    )
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"mailroom smtpd: {args.config}: {exc}", file=sys.stderr)
+        return 1
+    serve(config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailroom", description="Mailroom mail appliance")
+    parser.add_argument("--version", action="version", version=f"mailroom {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = commands.add_parser("config", help="work with mailroom.yml").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    check = config.add_parser("check", help="validate a configuration file")
+    check.add_argument("file", nargs="?", default=DEFAULT_CONFIG)
+    check.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    check.set_defaults(func=config_check)
+
+    password = commands.add_parser("password", help="password utilities").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    hash_cmd = password.add_parser(
+        "hash", help="print the argon2id hash of the password read from standard input"
+    )
+    hash_cmd.add_argument("--address", required=True, help="the account the password belongs to")
+    hash_cmd.add_argument("--salt-key", required=True, help="file with the site's secret salt key")
+    hash_cmd.set_defaults(func=password_hash)
+
+    smtp = commands.add_parser("smtpd", help="run the SMTP daemon in the foreground")
+    smtp.add_argument("--config", default=DEFAULT_CONFIG)
+    smtp.set_defaults(func=smtpd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Shared fixtures: a configuration on disk and a running smtpd on loopback."""
+
+from __future__ import annotations
+
+import getpass
+import grp
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mailroom.accounts import hash_password
+
+SALT_KEY = b"k" * 32
+PASSWORD = "correct horse battery staple"
+USERS = ("alice@example.test", "bob@example.test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "mail.crt", folder / "mail.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mail.example.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def config_data(store: Path, port: int, tls: tuple[Path, Path] | None, **smtp: object) -> dict:
+    return {
+        "hostname": "mail.example.test",
+        "run_as": {"user": getpass.getuser(), "group": grp.getgrgid(os.getgid()).gr_name},
+        "domains": ["example.test", "example.org"],
+        "users": [
+            {"address": a, "password_hash": hash_password(PASSWORD, address=a, salt_key=SALT_KEY)}
+            for a in USERS
+        ],
+        "store": {"root": str(store)},
+        **({"tls": {"certificate": str(tls[0]), "private_key": str(tls[1])}} if tls else {}),
+        "smtp": {"listeners": [{"name": "mx", "address": "127.0.0.1", "port": port}], **smtp},
+    }
+
+
+@dataclass
+class Smtpd:
+    port: int
+    store: Path
+    config: Path
+    process: subprocess.Popen
+
+    def maildir(self, address: str) -> Path:
+        local, domain = address.split("@")
+        return self.store / domain / local
+
+    def messages(self, address: str) -> list[bytes]:
+        new = self.maildir(address) / "new"
+        return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+
+    def start(self) -> None:
+        self.process = start_smtpd(self.config, self.port)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+def start_smtpd(config: Path, port: int) -> subprocess.Popen:
+    with open(config.with_suffix(".log"), "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mailroom.cli", "smtpd", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"smtpd exited with {process.returncode}: {config.with_suffix('.log').read_text()}"
+            )
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("smtpd did not start listening")
+
+
+def make_smtpd(tmp_path: Path, tls: tuple[Path, Path] | None, **smtp: object) -> Smtpd:
+    port = free_port()
+    store = tmp_path / "mail"
+    config = tmp_path / "mailroom.yml"
+    config.write_text(yaml.safe_dump(config_data(store, port, tls, **smtp)))
+    return Smtpd(port, store, config, start_smtpd(config, port))
+
+
+@pytest.fixture
+def smtpd(tmp_path: Path, tls_files: tuple[Path, Path]) -> Iterator[Smtpd]:
+    server = make_smtpd(tmp_path, tls_files, max_message_size=64 * 1024)
+    yield server
+    server.process.terminate()
+    server.process.wait(10)

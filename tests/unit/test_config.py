@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mailroom import cli
+from mailroom.config import ConfigError, is_valid_address, load, parse
+
+GOOD = {
+    "hostname": "mail.example.test",
+    "domains": ["example.test"],
+    "users": [{"address": "alice@example.test", "password_hash": "$argon2id$v=19$m=65536,t=3,p=4$x$y"}],
+    "store": {"root": "/var/lib/mailroom/mail"},
+    "smtp": {"listeners": [{"name": "mx", "address": "0.0.0.0", "port": 25}]},
+}
+
+
+def with_change(path: str, value: object) -> dict:
+    data = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    node: object = data
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]  # type: ignore[index]
+    if value is KeyError:
+        del node[last]  # type: ignore[arg-type]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value  # type: ignore[index]
+    return data
+
+
+def test_good_config_parses_with_defaults() -> None:
+    config = parse(GOOD)
+    assert config.domains == ("example.test",)
+    assert config.users[0].address == "alice@example.test"
+    assert config.smtp_max_message_size == 25 * 1024 * 1024
+    assert config.run_as_user == "mailroom"
+    assert config.tls_certificate is None
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key", "words"),
+    [
+        ("hostname", KeyError, "hostname", "is required"),
+        ("hostname", "mail", "hostname", "fully qualified"),
+        ("domains", [], "domains", "at least one"),
+        ("domains", ["exa mple.test"], "domains[0]", "not a valid domain"),
+        ("domains", ["example.test", "EXAMPLE.test"], "domains[1]", "twice"),
+        ("users.0.address", "alice", "users[0].address", "not a valid mail address"),
+        ("users.0.address", "alice@other.test", "users[0].address", "not in one of the domains"),
+        ("users.0.password_hash", "plaintext", "users[0].password_hash", "argon2id"),
+        ("users.0.password_hash", KeyError, "users[0].password_hash", "is required"),
+        ("store.root", "relative/path", "store.root", "absolute"),
+        ("smtp.listeners.0.port", 70000, "smtp.listeners[0].port", "between 1 and 65535"),
+        ("smtp.listeners.0.port", "25", "smtp.listeners[0].port", "must be an integer"),
+        ("smtp.listeners.0.address", "localhost", "smtp.listeners[0].address", "not an IP address"),
+        ("smtp.listeners.0.name", "pop", "smtp.listeners[0].name", "must be one of"),
+        ("smtp.max_message_size", 10, "smtp.max_message_size", "between"),
+        ("smtp.relay", True, "smtp.relay", "unknown key"),
+        ("log_level", "loud", "log_level", "must be one of"),
+    ],
+)
+def test_bad_values_name_their_key(path: str, value: object, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(with_change(path, value))
+    assert info.value.key == key
+    assert words in info.value.problem
+
+
+def test_tls_needs_both_files() -> None:
+    with pytest.raises(ConfigError, match="go together"):
+        parse({**GOOD, "tls": {"certificate": "/etc/mailroom/tls/mail.crt"}})
+
+
+def test_not_a_mapping() -> None:
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        parse(["hostname"])
+
+
+@pytest.mark.parametrize("address", ["a@b.test", "first.last+tag@example.test"])
+def test_valid_addresses(address: str) -> None:
+    assert is_valid_address(address)
+
+
+@pytest.mark.parametrize(
+    "address", ["a", "@b.test", "a@b", "a..b@c.test", ".a@c.test", '"a@x"@c.test', "a b@c.test", "a@-c.test"]
+)
+def test_invalid_addresses(address: str) -> None:
+    assert not is_valid_address(address)
+
+
+def test_cli_config_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yml"
+    good.write_text(yaml.safe_dump(GOOD))
+    assert cli.main(["config", "check", str(good)]) == 0
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(with_change("users.0.address", "alice@other.test")))
+    assert cli.main(["config", "check", str(bad)]) == 1
+    assert "users[0].address" in capsys.readouterr().err
+    broken = tmp_path / "broken.yml"
+    broken.write_text("hostname: [unclosed\n")
+    assert cli.main(["config", "check", str(broken)]) == 1
+    assert "not valid YAML" in capsys.readouterr().err
+    assert cli.main(["config", "check", str(tmp_path / "missing.yml")]) == 1
+
+
+def test_cli_config_check_loads_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad_tls = tmp_path / "tls.yml"
+    bad_tls.write_text(
+        yaml.safe_dump(
+            {
+                **GOOD,
+                "tls": {"certificate": str(tmp_path / "no.crt"), "private_key": str(tmp_path / "no.key")},
+            }
+        )
+    )
+    assert cli.main(["config", "check", str(bad_tls)]) == 1
+    assert "cannot load certificate" in capsys.readouterr().err
+
+
+def test_load_reports_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path / "nope.yml")
+    assert "cannot be read" in str(info.value)

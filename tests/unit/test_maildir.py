@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mailroom.store import DeliveryError, MaildirStore
+
+
+def test_delivery_lands_in_new_with_size_and_nothing_in_tmp(tmp_path: Path) -> None:
+    store = MaildirStore(tmp_path)
+    box = store.mailbox("Alice@Example.test")
+    names = {box.deliver(b"Subject: one\n\nbody\n"), box.deliver(b"Subject: two\n\nbody\n")}
+    assert len(names) == 2
+    new = tmp_path / "example.test" / "alice" / "new"
+    assert {p.name for p in new.iterdir()} == names
+    assert not list((tmp_path / "example.test" / "alice" / "tmp").iterdir())
+    for name in names:
+        assert name.endswith(f",S={(new / name).stat().st_size}")
+        assert (new / name).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "example.test" / "alice" / "cur").is_dir()
+
+
+@pytest.mark.parametrize("address", ["../x@example.test", ".hidden@example.test", "a/b@example.test"])
+def test_unsafe_names_are_refused(tmp_path: Path, address: str) -> None:
+    with pytest.raises(DeliveryError):
+        MaildirStore(tmp_path).mailbox(address)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_store_raises_delivery_error(tmp_path: Path) -> None:
+    box = MaildirStore(tmp_path).mailbox("a@example.test")
+    box.create()
+    (box.path / "tmp").chmod(0o500)
+    with pytest.raises(DeliveryError):
+        box.deliver(b"x")
+
+
+def test_failed_rename_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    box = MaildirStore(tmp_path).mailbox("a@example.test")
+
+    def broken_rename(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", broken_rename)
+    with pytest.raises(DeliveryError, match="No space left"):
+        box.deliver(b"Subject: x\n\n")
+    assert not list((box.path / "tmp").iterdir())
+    assert not list((box.path / "new").iterdir())
