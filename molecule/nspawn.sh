@@ -85,7 +85,13 @@ cmd_base() {
     mv "$tmp" "$dir"
     # Older bases of this cache are of no further use.
     for old in "$CACHE"/base-*; do
-        [ "$old" = "$dir" ] || [ ! -d "$old" ] || { log "removing stale base $old"; rm -rf "$old"; }
+        [ "$old" = "$dir" ] || [ ! -d "$old" ] && continue
+        if grep -qF "lowerdir=$old," /proc/mounts; then
+            log "keeping stale base $old: an instance still uses it"
+        else
+            log "removing stale base $old"
+            rm -rf "$old"
+        fi
     done
     log "base rootfs built in $((SECONDS - t0)) s: $dir"
     echo "$dir"
