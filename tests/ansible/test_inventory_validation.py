@@ -112,6 +112,10 @@ CASES = {
         _without("mailroom_domains"),
         ["mailroom_domains", "missing required arguments"],
     ),
+    "domains given as a string": (
+        _setting("mailroom_domains", "example.test"),
+        ["mailroom_domains must be a YAML list"],
+    ),
     "empty domain list": (
         _setting("mailroom_domains", []),
         ["mailroom_domains is empty"],
