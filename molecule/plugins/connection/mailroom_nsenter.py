@@ -3,6 +3,15 @@
 # into the target).
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+
+from ansible.errors import AnsibleConnectionFailure, AnsibleError
+from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
+from ansible.plugins.connection import ConnectionBase
+from ansible.utils.display import Display
+
 DOCUMENTATION = r"""
 name: mailroom_nsenter
 short_description: run tasks inside a local systemd-nspawn instance via nsenter
@@ -36,15 +45,6 @@ extends_documentation_fragment:
 notes:
   - The remote user is ignored; commands always run as root.
 """
-
-import os
-import shlex
-import subprocess
-
-from ansible.errors import AnsibleConnectionFailure, AnsibleError
-from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
-from ansible.plugins.connection import ConnectionBase
-from ansible.utils.display import Display
 
 display = Display()
 
@@ -81,30 +81,44 @@ class Connection(ConnectionBase):
                     pid = int(f.read().strip())
             except (OSError, ValueError) as e:
                 raise AnsibleConnectionFailure(
-                    "mailroom_nsenter: instance %s is not running (%s)" % (machine, to_native(e))
-                )
-        if not os.path.exists("/proc/%d/ns/mnt" % pid):
-            raise AnsibleConnectionFailure("mailroom_nsenter: init PID %d of the instance is gone" % pid)
+                    f"mailroom_nsenter: instance {machine} is not running ({to_native(e)})"
+                ) from e
+        if not os.path.exists(f"/proc/{pid}/ns/mnt"):
+            raise AnsibleConnectionFailure(f"mailroom_nsenter: init PID {pid} of the instance is gone")
         return pid
 
     def _connect(self):
         if not self._connected:
             self._pid = self._leader_pid()
-            display.vvv("ESTABLISH NSENTER CONNECTION TO PID %d" % self._pid, host=self._play_context.remote_addr)
+            display.vvv(
+                f"ESTABLISH NSENTER CONNECTION TO PID {self._pid}", host=self._play_context.remote_addr
+            )
             self._connected = True
         return self
 
     def _argv(self, argv):
         return [
-            "nsenter", "--target", str(self._pid),
-            "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd",
-            "--", "env", "-i",
-        ] + TARGET_ENV + list(argv)
+            "nsenter",
+            "--target",
+            str(self._pid),
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--pid",
+            "--root",
+            "--wd",
+            "--",
+            "env",
+            "-i",
+            *TARGET_ENV,
+            *argv,
+        ]
 
     def exec_command(self, cmd, in_data=None, sudoable=True):
         super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
         argv = self._argv(["/bin/sh", "-c", to_text(cmd)])
-        display.vvv("EXEC %s" % to_text(cmd), host=self._play_context.remote_addr)
+        display.vvv(f"EXEC {to_text(cmd)}", host=self._play_context.remote_addr)
         p = subprocess.Popen(
             [to_bytes(a) for a in argv],
             stdin=subprocess.PIPE if in_data is not None else subprocess.DEVNULL,
@@ -117,34 +131,38 @@ class Connection(ConnectionBase):
 
     def put_file(self, in_path, out_path):
         super().put_file(in_path, out_path)
-        display.vvv("PUT %s TO %s" % (in_path, out_path), host=self._play_context.remote_addr)
-        script = "cat > %s" % shlex.quote(out_path)
+        display.vvv(f"PUT {in_path} TO {out_path}", host=self._play_context.remote_addr)
+        script = f"cat > {shlex.quote(out_path)}"
         try:
             with open(to_bytes(in_path, errors="surrogate_or_strict"), "rb") as src:
                 p = subprocess.Popen(
                     [to_bytes(a) for a in self._argv(["/bin/sh", "-c", script])],
-                    stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    stdin=src,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                 )
                 _, stderr = p.communicate()
         except OSError as e:
-            raise AnsibleError("failed to transfer %s to %s: %s" % (in_path, out_path, to_native(e)))
+            raise AnsibleError(f"failed to transfer {in_path} to {out_path}: {to_native(e)}") from e
         if p.returncode != 0:
-            raise AnsibleError("failed to transfer %s to %s: %s" % (in_path, out_path, to_native(stderr)))
+            raise AnsibleError(f"failed to transfer {in_path} to {out_path}: {to_native(stderr)}")
 
     def fetch_file(self, in_path, out_path):
         super().fetch_file(in_path, out_path)
-        display.vvv("FETCH %s TO %s" % (in_path, out_path), host=self._play_context.remote_addr)
+        display.vvv(f"FETCH {in_path} TO {out_path}", host=self._play_context.remote_addr)
         try:
             with open(to_bytes(out_path, errors="surrogate_or_strict"), "wb") as dst:
                 p = subprocess.Popen(
                     [to_bytes(a) for a in self._argv(["cat", in_path])],
-                    stdin=subprocess.DEVNULL, stdout=dst, stderr=subprocess.PIPE,
+                    stdin=subprocess.DEVNULL,
+                    stdout=dst,
+                    stderr=subprocess.PIPE,
                 )
                 _, stderr = p.communicate()
         except OSError as e:
-            raise AnsibleError("failed to fetch %s to %s: %s" % (in_path, out_path, to_native(e)))
+            raise AnsibleError(f"failed to fetch {in_path} to {out_path}: {to_native(e)}") from e
         if p.returncode != 0:
-            raise AnsibleError("failed to fetch %s: %s" % (in_path, to_native(stderr)))
+            raise AnsibleError(f"failed to fetch {in_path}: {to_native(stderr)}")
 
     def close(self):
         self._connected = False
