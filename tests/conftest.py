@@ -56,7 +56,14 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-def config_data(store: Path, port: int, tls: tuple[Path, Path] | None, **smtp: object) -> dict:
+def config_data(
+    store: Path,
+    port: int,
+    tls: tuple[Path, Path] | None,
+    listeners: list[dict] | None = None,
+    extra: dict | None = None,
+    **smtp: object,
+) -> dict:
     return {
         "hostname": "mail.example.test",
         "run_as": {"user": getpass.getuser(), "group": grp.getgrgid(os.getgid()).gr_name},
@@ -67,7 +74,8 @@ def config_data(store: Path, port: int, tls: tuple[Path, Path] | None, **smtp: o
         ],
         "store": {"root": str(store)},
         **({"tls": {"certificate": str(tls[0]), "private_key": str(tls[1])}} if tls else {}),
-        "smtp": {"listeners": [{"name": "mx", "address": "127.0.0.1", "port": port}], **smtp},
+        "smtp": {"listeners": listeners or [{"name": "mx", "address": "127.0.0.1", "port": port}], **smtp},
+        **(extra or {}),
     }
 
 

@@ -42,31 +42,79 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class Recipient:
-    """Where a local address is delivered."""
+MAX_ALIAS_DEPTH = 10
 
-    user: User
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where mail to one address goes: local mailboxes and addresses elsewhere."""
+
+    local: tuple[User, ...] = ()
+    remote: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.local or self.remote)
 
 
 class Directory:
-    """The accounts of one configuration, looked up by address."""
+    """The accounts of one configuration: users, aliases and catch-alls, looked up by address."""
 
     def __init__(self, config: Config) -> None:
         self.domains = frozenset(config.domains)
         self._users = {user.address: user for user in config.users}
+        self._aliases = {alias.address: alias.targets for alias in config.aliases}
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
 
-    def resolve(self, address: str) -> Recipient | None:
-        """The local mailbox for an address, or None when nobody has it."""
+    def user(self, address: str) -> User | None:
+        """The active user with this login address, if any."""
+        user = self._users.get(address.lower())
+        return user if user and user.state == "active" else None
+
+    def resolve(self, address: str) -> Resolution:
+        """Expand an address through aliases (and the catch-all) to mailboxes and remote addresses.
+
+        An empty resolution means nobody here takes mail for the address. Alias
+        loops and chains deeper than MAX_ALIAS_DEPTH end where they are.
+        """
+        local: dict[str, User] = {}
+        remote: dict[str, None] = {}
+        self._expand(address.lower(), local, remote, depth=0, seen=set())
+        return Resolution(tuple(local.values()), tuple(remote))
+
+    def _expand(
+        self, address: str, local: dict[str, User], remote: dict[str, None], depth: int, seen: set[str]
+    ) -> None:
+        if address in seen or depth > MAX_ALIAS_DEPTH:
+            return
+        seen.add(address)
         localpart, domain = split_address(address)
-        user = self._users.get(f"{localpart.lower()}@{domain}")
-        return Recipient(user) if user else None
+        if domain not in self.domains:
+            remote[address] = None
+            return
+        user = self._users.get(address)
+        if user is not None:
+            if user.state == "active":
+                local[address] = user
+            return
+        targets = self._aliases.get(address)
+        if targets is None and localpart:
+            targets = self._aliases.get("@" + domain)  # the domain's catch-all
+        for target in targets or ():
+            self._expand(target, local, remote, depth + 1, seen)
+
+    def may_send_as(self, user: User, address: str) -> bool:
+        """A logged-in user may send as their own address and any alias that reaches their mailbox."""
+        address = address.lower()
+        if address == user.address:
+            return True
+        if split_address(address)[1] not in self.domains or address in self._users:
+            return False
+        return address in self._aliases and user in self.resolve(address).local
 
     async def authenticate(self, address: str, password: str) -> User | None:
-        user = self._users.get(address.lower())
+        user = self.user(address)
         stored = user.password_hash if user else _DUMMY_HASH
         ok = await asyncio.get_running_loop().run_in_executor(None, verify_password, stored, password)
         return user if ok and user else None

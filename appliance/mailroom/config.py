@@ -19,7 +19,11 @@ DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9
 # A conservative dot-atom local part: what an admin may configure as a mailbox.
 LOCALPART_RE = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$", re.IGNORECASE)
 LOG_LEVELS = ("debug", "info", "warning", "error")
-LISTENER_NAMES = ("mx",)
+# mx: port 25, mail from the Internet; submission: 587, STARTTLS then AUTH;
+# submissions: 465, implicit TLS then AUTH (RFC 8314).
+LISTENER_NAMES = ("mx", "submission", "submissions")
+USER_STATES = ("active", "disabled")
+MAX_ALIAS_TARGETS = 1000
 
 
 class ConfigError(ValueError):
@@ -42,6 +46,8 @@ class Listener:
 class User:
     address: str
     password_hash: str
+    quota_bytes: int = 0  # 0: no quota
+    state: str = "active"  # disabled: no logins, no new mail; the mailbox is kept
 
     @property
     def localpart(self) -> str:
@@ -50,6 +56,29 @@ class User:
     @property
     def domain(self) -> str:
         return self.address.rsplit("@", 1)[1]
+
+
+@dataclass(frozen=True)
+class Alias:
+    """address → targets; an address "@domain" is that domain's catch-all."""
+
+    address: str
+    targets: tuple[str, ...]
+
+    @property
+    def is_catch_all(self) -> bool:
+        return self.address.startswith("@")
+
+
+@dataclass(frozen=True)
+class SmtpLimits:
+    max_errors: int = 20  # error replies in one session before 421 and disconnect
+    max_recipients: int = 100  # per message (RFC 5321 4.5.3.1.8: at least 100)
+    idle_timeout: int = 300  # seconds waiting for a command (RFC 5321 4.5.3.2.7)
+    session_timeout: int = 1800  # seconds for a whole session, however busy
+    max_connections_per_ip: int = 20
+    max_connections: int = 1000
+    connection_rate_per_ip: int = 60  # new connections per minute from one address
 
 
 @dataclass(frozen=True)
@@ -64,6 +93,11 @@ class Config:
     tls_private_key: Path | None
     smtp_max_message_size: int
     smtp_listeners: tuple[Listener, ...]
+    aliases: tuple[Alias, ...] = ()
+    smtp_limits: SmtpLimits = field(default_factory=SmtpLimits)
+    # Below this much free space in the store, MAIL FROM gets 452 4.3.1.
+    min_free_bytes: int = 0
+    queue_root: Path | None = None
     log_level: str = "info"
     source: Path | None = field(default=None, compare=False)
 
@@ -144,7 +178,9 @@ class _Reader:
 
 def parse(data: Any, source: Path | None = None) -> Config:
     top = _Reader(data, "")
-    top.check_unknown({"hostname", "run_as", "domains", "users", "store", "tls", "smtp", "log_level"})
+    top.check_unknown(
+        {"hostname", "run_as", "domains", "users", "aliases", "store", "queue", "tls", "smtp", "log_level"}
+    )
 
     hostname = top.string("hostname").lower()
     if not is_valid_domain(hostname):
@@ -164,7 +200,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
     seen: set[str] = set()
     for i, raw in enumerate(top.items("users")):
         entry = _Reader(raw, f"users[{i}]")
-        entry.check_unknown({"address", "password_hash"})
+        entry.check_unknown({"address", "password_hash", "quota_bytes", "state"})
         address = entry.string("address").lower()
         if not is_valid_address(address):
             raise ConfigError(entry.key("address"), f"{address!r} is not a valid mail address")
@@ -176,15 +212,21 @@ def parse(data: Any, source: Path | None = None) -> Config:
         password_hash = entry.string("password_hash")
         if not password_hash.startswith("$argon2id$"):
             raise ConfigError(entry.key("password_hash"), "must be an argon2id hash ($argon2id$...)")
-        users.append(User(address, password_hash))
+        state = entry.string("state", "active")
+        if state not in USER_STATES:
+            raise ConfigError(entry.key("state"), f"must be one of {', '.join(USER_STATES)}")
+        users.append(User(address, password_hash, entry.integer("quota_bytes", 0), state))
+
+    aliases = _parse_aliases(top, domains, seen)
 
     run_as = top.sub("run_as", {})
     run_as.check_unknown({"user", "group"})
     store = top.sub("store")
-    store.check_unknown({"root"})
-    store_root = Path(store.string("root"))
-    if not store_root.is_absolute():
-        raise ConfigError("store.root", "must be an absolute path")
+    store.check_unknown({"root", "min_free_bytes"})
+    store_root = _absolute_path(store, "root")
+    queue = top.sub("queue", {})
+    queue.check_unknown({"root"})
+    queue_root = _absolute_path(queue, "root", None)
 
     tls = top.sub("tls", {})
     tls.check_unknown({"certificate", "private_key"})
@@ -194,8 +236,17 @@ def parse(data: Any, source: Path | None = None) -> Config:
         raise ConfigError("tls", "certificate and private_key go together")
 
     smtp = top.sub("smtp")
-    smtp.check_unknown({"max_message_size", "listeners"})
+    smtp.check_unknown({"max_message_size", "listeners", "limits"})
     max_size = smtp.integer("max_message_size", 25 * 1024 * 1024, minimum=1024, maximum=1 << 31)
+    min_free = store.integer("min_free_bytes", max_size * 3 // 2)
+    limits_reader = smtp.sub("limits", {})
+    limits_reader.check_unknown(set(SmtpLimits.__dataclass_fields__))
+    limits = SmtpLimits(
+        **{
+            name: limits_reader.integer(name, default, minimum=1)
+            for name, default in vars(SmtpLimits()).items()
+        }
+    )
     listeners: list[Listener] = []
     for i, raw in enumerate(smtp.items("listeners")):
         entry = _Reader(raw, f"smtp.listeners[{i}]")
@@ -211,6 +262,17 @@ def parse(data: Any, source: Path | None = None) -> Config:
         listeners.append(Listener(name, address, entry.integer("port", minimum=1, maximum=65535)))
     if not listeners:
         raise ConfigError("smtp.listeners", "must list at least one listener")
+    ports = [(li.address, li.port) for li in listeners]
+    for i, pair in enumerate(ports):
+        if pair in ports[:i]:
+            raise ConfigError(f"smtp.listeners[{i}].port", f"{pair[1]} is used by another listener")
+    if any(li.name != "mx" for li in listeners):
+        if cert is None:
+            raise ConfigError(
+                "tls", "submission listeners need a certificate: passwords travel only over TLS"
+            )
+        if queue_root is None:
+            raise ConfigError("queue.root", "is required with submission listeners (mail to other domains)")
 
     log_level = top.string("log_level", "info")
     if log_level not in LOG_LEVELS:
@@ -227,9 +289,57 @@ def parse(data: Any, source: Path | None = None) -> Config:
         tls_private_key=Path(key) if key else None,
         smtp_max_message_size=max_size,
         smtp_listeners=tuple(listeners),
+        aliases=aliases,
+        smtp_limits=limits,
+        min_free_bytes=min_free,
+        queue_root=queue_root,
         log_level=log_level,
         source=source,
     )
+
+
+def _absolute_path(reader: _Reader, name: str, default: Any = ...) -> Path | None:
+    value = reader.raw(name, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigError(reader.key(name), "must be an absolute path")
+    return Path(value)
+
+
+def _parse_aliases(top: _Reader, domains: list[str], users: set[str]) -> tuple[Alias, ...]:
+    if top.raw("aliases", None) is None:
+        return ()
+    aliases: list[Alias] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(top.items("aliases")):
+        entry = _Reader(raw, f"aliases[{i}]")
+        entry.check_unknown({"address", "to"})
+        address = entry.string("address").lower()
+        if address.startswith("@"):
+            if address[1:] not in domains:
+                raise ConfigError(
+                    entry.key("address"), f"catch-all {address!r} is not for one of the domains"
+                )
+        elif not is_valid_address(address):
+            raise ConfigError(entry.key("address"), f"{address!r} is not a valid mail address")
+        elif split_address(address)[1] not in domains:
+            raise ConfigError(entry.key("address"), f"{address!r} is not in one of the domains")
+        if address in users:
+            raise ConfigError(entry.key("address"), f"{address!r} is a user already")
+        if address in seen:
+            raise ConfigError(entry.key("address"), f"{address!r} is listed twice")
+        seen.add(address)
+        targets = entry.raw("to")
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list) or not targets or len(targets) > MAX_ALIAS_TARGETS:
+            raise ConfigError(entry.key("to"), f"must be an address or a list of 1 to {MAX_ALIAS_TARGETS}")
+        for j, target in enumerate(targets):
+            if not isinstance(target, str) or not is_valid_address(target.lower()):
+                raise ConfigError(f"{entry.key('to')}[{j}]", f"{target!r} is not a valid mail address")
+        aliases.append(Alias(address, tuple(t.lower() for t in targets)))
+    return tuple(aliases)
 
 
 def load(path: str | Path) -> Config:

@@ -53,11 +53,13 @@ def drop_privileges(user: str, group: str) -> None:
 
 
 def ensure_store_root(config: Config) -> None:
-    """Create the store root for the daemon user while we are still root."""
-    root = config.store_root
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        os.chown(root, pwd.getpwnam(config.run_as_user).pw_uid, grp.getgrnam(config.run_as_group).gr_gid)
+    """Create the store and queue roots for the daemon user while we are still root."""
+    for root in (config.store_root, config.queue_root):
+        if root is None:
+            continue
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(root, pwd.getpwnam(config.run_as_user).pw_uid, grp.getgrnam(config.run_as_group).gr_gid)
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

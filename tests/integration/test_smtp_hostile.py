@@ -261,11 +261,6 @@ def test_smuggled_second_message_is_not_accepted(smtpd: Smtpd, fake_end: bytes) 
 # 2. Bare CR or LF in the header section ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DATA accepts bare LF/CR; to_maildir_bytes then makes a bare LF a real line end "
-    "(and a bare CR is one to Maildir readers), so 'Bcc:' becomes a second header",
-)
 @pytest.mark.parametrize("bare", [b"\n", b"\r"], ids=["LF", "CR"])
 def test_bare_newline_in_header_cannot_add_a_header(smtpd: Smtpd, bare: bytes) -> None:
     # RFC 5321 2.3.8 and RFC 5322 2.3 allow CR and LF only as CRLF. Any filter
@@ -360,17 +355,7 @@ def test_command_line_of_512_octets_is_accepted(smtpd: Smtpd) -> None:
 
 @pytest.mark.parametrize(
     "ehlos",
-    [
-        1,
-        pytest.param(
-            25,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="aiosmtpd keeps command_size_limits in a class-level dict: every EHLO adds "
-                "36 to the MAIL limit (shared by all sessions), every new connection resets it",
-            ),
-        ),
-    ],
+    [1, 25],
 )
 def test_mail_command_limit_does_not_grow_with_repeated_ehlo(smtpd: Smtpd, ehlos: int) -> None:
     # With EHLO the MAIL limit is 512 plus what SIZE (26) and SMTPUTF8 (10)
@@ -515,17 +500,7 @@ BAD_COMMANDS = {
 
 @pytest.mark.parametrize(
     "kind",
-    [
-        pytest.param(
-            "unknown",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="aiosmtpd's own BOGUS_LIMIT (5) ends the session first: the 5th unknown "
-                "verb gets '502 5.5.1 Too many unrecognized commands' and a close, no 421",
-            ),
-        ),
-        "mixed",
-    ],
+    ["unknown", "mixed"],
 )
 def test_hard_error_limit_disconnects_with_421(smtpd: Smtpd, kind: str) -> None:
     commands = BAD_COMMANDS[kind][:20]

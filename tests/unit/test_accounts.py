@@ -30,16 +30,32 @@ def test_short_salt_key_is_refused() -> None:
 
 
 def directory() -> Directory:
+    def user(address: str, **extra: object) -> dict:
+        return {
+            "address": address,
+            "password_hash": hash_password("pw", address=address, salt_key=KEY),
+            **extra,
+        }
+
     return Directory(
         parse(
             {
                 "hostname": "mail.example.test",
-                "domains": ["example.test"],
+                "domains": ["example.test", "example.org"],
                 "users": [
+                    user("alice@example.test"),
+                    user("bob@example.test"),
+                    user("gone@example.test", state="disabled"),
+                ],
+                "aliases": [
                     {
-                        "address": "alice@example.test",
-                        "password_hash": hash_password("pw", address="alice@example.test", salt_key=KEY),
-                    }
+                        "address": "sales@example.test",
+                        "to": ["alice@example.test", "bob@example.test", "x@remote.test"],
+                    },
+                    {"address": "info@example.test", "to": "sales@example.test"},
+                    {"address": "loop1@example.test", "to": ["loop2@example.test", "alice@example.test"]},
+                    {"address": "loop2@example.test", "to": "loop1@example.test"},
+                    {"address": "@example.org", "to": "bob@example.test"},
                 ],
                 "store": {"root": "/srv/mail"},
                 "smtp": {"listeners": [{"name": "mx", "address": "127.0.0.1", "port": 25}]},
@@ -48,13 +64,53 @@ def directory() -> Directory:
     )
 
 
+def local(resolution: object) -> set[str]:
+    return {u.address for u in resolution.local}  # type: ignore[attr-defined]
+
+
 def test_resolve_is_case_insensitive_and_exact() -> None:
     d = directory()
-    assert d.resolve("Alice@Example.TEST") is not None
-    assert d.resolve("alice+tag@example.test") is None
-    assert d.resolve("bob@example.test") is None
+    assert local(d.resolve("Alice@Example.TEST")) == {"alice@example.test"}
+    assert not d.resolve("alice+tag@example.test")
+    assert not d.resolve("nobody@example.test")
     assert d.is_local_domain("EXAMPLE.test")
-    assert not d.is_local_domain("example.org")
+    assert not d.is_local_domain("remote.test")
+
+
+def test_aliases_expand_to_mailboxes_and_remote_addresses() -> None:
+    d = directory()
+    for address in ("sales@example.test", "INFO@example.test"):
+        resolution = d.resolve(address)
+        assert local(resolution) == {"alice@example.test", "bob@example.test"}
+        assert resolution.remote == ("x@remote.test",)
+
+
+def test_alias_loops_end() -> None:
+    assert local(directory().resolve("loop1@example.test")) == {"alice@example.test"}
+
+
+def test_catch_all_takes_unknown_addresses_of_its_domain_only() -> None:
+    d = directory()
+    assert local(d.resolve("anything@example.org")) == {"bob@example.test"}
+    assert not d.resolve("anything@example.test")
+
+
+def test_disabled_user_gets_no_mail_and_cannot_log_in() -> None:
+    d = directory()
+    assert not d.resolve("gone@example.test")
+    assert d.user("gone@example.test") is None
+    assert asyncio.run(d.authenticate("gone@example.test", "pw")) is None
+
+
+def test_may_send_as_own_address_and_aliases_reaching_them() -> None:
+    d = directory()
+    alice = d.user("alice@example.test")
+    assert alice is not None
+    assert d.may_send_as(alice, "ALICE@example.test")
+    assert d.may_send_as(alice, "sales@example.test")
+    assert not d.may_send_as(alice, "bob@example.test")
+    assert not d.may_send_as(alice, "anything@example.org")  # catch-all is not an address of hers
+    assert not d.may_send_as(alice, "alice@remote.test")
 
 
 def test_authenticate() -> None:

@@ -1,7 +1,9 @@
-"""The aiosmtpd handler: policy checks at each step and durable local delivery.
+"""The aiosmtpd handlers: policy checks at each step and durable delivery.
 
-Hooks return status strings as aiosmtpd expects. Nothing here blocks the event
-loop: delivery (file writes and fsync) runs in worker threads.
+Policy runs in a fixed order: connection (session.py) → sender (MAIL) →
+recipient (RCPT) → content (DATA). Hooks return status strings as aiosmtpd
+expects. Nothing here blocks the event loop: file writes, fsync and directory
+scans run in worker threads.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from ..accounts import Directory
-from ..config import Config, is_plausible_address, is_valid_address, split_address
+from ..accounts import Directory, Resolution
+from ..config import Config, User, is_plausible_address, split_address
+from ..fsutil import free_bytes
+from ..queue import Envelope as QueueEnvelope
+from ..queue import Spool, SpoolError
 from ..store import DeliveryError, MaildirStore
 from . import replies
 
@@ -26,18 +31,26 @@ def new_queue_id() -> str:
     return secrets.token_hex(6).upper()
 
 
+def protocol_name(server: SMTP, session: Session) -> str:
+    """The WITH clause of the Received header (RFC 3848)."""
+    name = "ESMTP" if session.extended_smtp else "SMTP"
+    if getattr(server, "uses_tls", False):
+        name += "S"
+    if session.authenticated:
+        name += "A"
+    return name
+
+
 def received_header(
-    config: Config, session: Session, envelope: Envelope, queue_id: str, recipient: str
+    config: Config, server: SMTP, session: Session, queue_id: str, recipient: str | None
 ) -> bytes:
     peer_ip = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
-    helo = (session.host_name or "unknown").replace("\r", "").replace("\n", "")[:255]
-    protocol = "ESMTP" if session.extended_smtp else "SMTP"
-    if session.ssl:
-        protocol += "S"
+    helo = "".join(c for c in (session.host_name or "unknown") if c.isprintable() and c not in "()")[:255]
+    for_clause = f"\r\n\tfor <{recipient}>" if recipient else ""
     lines = (
         f"Received: from {helo} ([{peer_ip}])\r\n"
-        f"\tby {config.hostname} (Mailroom) with {protocol} id {queue_id}\r\n"
-        f"\tfor <{recipient}>; {formatdate(localtime=False, usegmt=True)}\r\n"
+        f"\tby {config.hostname} (Mailroom) with {protocol_name(server, session)} id {queue_id}"
+        f"{for_clause}; {formatdate(localtime=False, usegmt=True)}\r\n"
     )
     return lines.encode("utf-8", "replace")
 
@@ -52,21 +65,25 @@ def to_maildir_bytes(message: bytes) -> bytes:
     return message.replace(b"\r\n", b"\n")
 
 
-class InboundHandler:
-    """Policy and delivery for mail arriving from the Internet (the MX listener)."""
+class Handler:
+    """Shared by all listeners; subclasses say who may send what to whom."""
 
-    def __init__(self, config: Config, directory: Directory, store: MaildirStore) -> None:
+    offers_auth = False
+
+    def __init__(
+        self, config: Config, directory: Directory, store: MaildirStore, spool: Spool | None
+    ) -> None:
         self.config = config
         self.directory = directory
         self.store = store
+        self.spool = spool
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        # The MX listener takes no logins: never advertise AUTH here.
-        kept = [line for line in responses if not line[4:].startswith("AUTH")]
-        kept.insert(-1, "250-PIPELINING")
+        kept = [line for line in responses if self.offers_auth or not line[4:].startswith("AUTH")]
+        kept[-1:-1] = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
         return kept
 
     async def handle_MAIL(
@@ -76,45 +93,134 @@ class InboundHandler:
         # mail_from to be truthy to accept RCPT), so it is kept that way.
         if address != "<>" and not is_plausible_address(address):
             return str(replies.BAD_SENDER)
+        refusal = self.check_sender(session, address)
+        if refusal:
+            return str(refusal)
+        loop = asyncio.get_running_loop()
+        try:
+            free = await loop.run_in_executor(None, free_bytes, self.config.store_root)
+        except OSError:
+            free = 0
+        if free < self.config.min_free_bytes:
+            log.error("low disk: %d bytes free in %s", free, self.config.store_root)
+            return str(replies.LOW_DISK)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(replies.SENDER_OK)
 
+    def check_sender(self, session: Session, address: str) -> replies.Reply | None:
+        return None
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
+        if len(envelope.rcpt_tos) >= self.config.smtp_limits.max_recipients:
+            return str(replies.TOO_MANY_RECIPIENTS)
+        if not is_plausible_address(address):
+            return str(
+                replies.NO_SUCH_USER
+                if self.directory.is_local_domain(split_address(address)[1])
+                else replies.RELAY_DENIED
+            )
         _, domain = split_address(address)
-        if not self.directory.is_local_domain(domain):
+        if self.directory.is_local_domain(domain):
+            resolution = self.directory.resolve(address)
+            if not resolution:
+                log.info("unknown recipient peer=%s rcpt=%r", session.peer, address)
+                return str(replies.NO_SUCH_USER)
+            if await self.any_mailbox_full(resolution.local):
+                return str(replies.MAILBOX_FULL)
+        elif not self.may_relay(session):
             log.info("relay denied peer=%s rcpt=%r", session.peer, address)
             return str(replies.RELAY_DENIED)
-        if not is_valid_address(address) or self.directory.resolve(address) is None:
-            log.info("unknown recipient peer=%s rcpt=%r", session.peer, address)
-            return str(replies.NO_SUCH_USER)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return str(replies.RECIPIENT_OK)
+
+    def may_relay(self, session: Session) -> bool:
+        return False
+
+    async def any_mailbox_full(self, users: tuple[User, ...]) -> bool:
+        loop = asyncio.get_running_loop()
+        for user in users:
+            if user.quota_bytes:
+                usage = await loop.run_in_executor(None, self.store.mailbox(user.address).usage)
+                if usage >= user.quota_bytes:
+                    log.info("mailbox full user=%s usage=%d quota=%d", user.address, usage, user.quota_bytes)
+                    return True
+        return False
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         queue_id = new_queue_id()
         content: Any = envelope.original_content or envelope.content
         body = bytes(content)
+        # A bare CR or LF is read as a line end by some software and not by
+        # other (SMTP smuggling, header injection past filters): refuse, don't repair.
+        crlf = body.count(b"\r\n")
+        if body.count(b"\r") != crlf or body.count(b"\n") != crlf:
+            log.info("id=%s refused: bare CR or LF peer=%s", queue_id, session.peer)
+            return str(replies.BARE_NEWLINE)
+        local: dict[str, User] = {}
+        remote: dict[str, None] = {}
+        for rcpt in envelope.rcpt_tos:
+            resolution = (
+                self.directory.resolve(rcpt)
+                if self.directory.is_local_domain(split_address(rcpt)[1])
+                else Resolution(remote=(rcpt,))
+            )
+            local.update((u.address, u) for u in resolution.local)
+            remote.update(dict.fromkeys(resolution.remote))
+        for user in local.values():
+            if user.quota_bytes and len(body) > user.quota_bytes:
+                return str(replies.OVER_QUOTA)
+        single = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
+        message = received_header(self.config, server, session, queue_id, single) + body
         loop = asyncio.get_running_loop()
         try:
-            for rcpt in envelope.rcpt_tos:
-                recipient = self.directory.resolve(rcpt)
-                if recipient is None:  # the account went away since RCPT
-                    raise DeliveryError(f"recipient {rcpt!r} vanished")
-                message = received_header(self.config, session, envelope, queue_id, rcpt) + body
-                mailbox = self.store.mailbox(recipient.user.address)
+            for user in local.values():
+                mailbox = self.store.mailbox(user.address)
                 await loop.run_in_executor(None, mailbox.deliver, to_maildir_bytes(message))
-        except DeliveryError as exc:
+            if remote:
+                if self.spool is None:
+                    raise SpoolError("no outbound queue configured")
+                auth = session.auth_data.address if isinstance(session.auth_data, User) else None
+                queued = QueueEnvelope(
+                    sender="" if envelope.mail_from == "<>" else str(envelope.mail_from),
+                    recipients=tuple(remote),
+                    authenticated_as=auth,
+                    client_address=session.peer[0] if isinstance(session.peer, tuple) else None,
+                )
+                await loop.run_in_executor(None, self.spool.enqueue, queued, message)
+        except (DeliveryError, SpoolError) as exc:
             log.error("id=%s not stored: %s", queue_id, exc)
             return str(replies.NOT_STORED)
         log.info(
-            "id=%s from=%s to=%s size=%d delivered",
+            "id=%s from=%s to=%s size=%d local=%d queued=%d",
             queue_id,
             sender_for_log(envelope.mail_from),
             ",".join(f"<{r}>" for r in envelope.rcpt_tos),
             len(body),
+            len(local),
+            len(remote),
         )
         return str(replies.queued(queue_id))
+
+
+class InboundHandler(Handler):
+    """Port 25: mail from the Internet for our domains. No logins, no relaying."""
+
+
+class SubmissionHandler(Handler):
+    """Ports 587 and 465: logged-in users send as themselves, to anywhere."""
+
+    offers_auth = True
+
+    def check_sender(self, session: Session, address: str) -> replies.Reply | None:
+        user = session.auth_data
+        if not isinstance(user, User) or address == "<>" or not self.directory.may_send_as(user, address):
+            log.warning("sender refused user=%s from=%r", getattr(user, "address", None), address)
+            return replies.NOT_YOUR_ADDRESS
+        return None
+
+    def may_relay(self, session: Session) -> bool:
+        return bool(session.authenticated)

@@ -22,13 +22,17 @@ class Reply:
         return f"{self.code} {self.enhanced} {self.text}"
 
 
-OK = Reply(250, "2.0.0", "OK")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 NO_SUCH_USER = Reply(550, "5.1.1", "Mailbox unavailable")
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
 BAD_SENDER = Reply(553, "5.1.7", "Sender address syntax invalid")
-BAD_RECIPIENT = Reply(553, "5.1.3", "Recipient address syntax invalid")
+NOT_YOUR_ADDRESS = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
+OVER_QUOTA = Reply(552, "5.2.2", "Message larger than the mailbox quota")
+LOW_DISK = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+BARE_NEWLINE = Reply(550, "5.6.0", "Message contains bare CR or LF")
 NOT_STORED = Reply(451, "4.3.0", "Message not stored, try again later")
 
 

@@ -1,23 +1,65 @@
-"""The smtpd daemon: aiosmtpd protocol instances on our own event loop."""
+"""The smtpd daemon: aiosmtpd protocol instances on our own event loop.
+
+One process serves every SMTP listener: mx (25), submission (587, STARTTLS
+required before AUTH) and submissions (465, implicit TLS).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-
-from aiosmtpd.smtp import SMTP
+import ssl
+from collections.abc import Callable
 
 from .. import daemon
 from ..accounts import Directory
-from ..config import Config
+from ..config import Config, Listener
+from ..queue import Spool
 from ..store import MaildirStore
+from ..throttle import LoginThrottle
 from ..tls import server_context
-from .handler import InboundHandler
+from .handler import Handler, InboundHandler, SubmissionHandler
+from .session import ConnectionLimiter, MailroomSMTP
 
 log = logging.getLogger("mailroom.smtp")
 
-# RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for the next command.
-COMMAND_TIMEOUT = 300
+
+def protocol_factory(
+    config: Config,
+    listener: Listener,
+    handlers: dict[str, Handler],
+    tls: ssl.SSLContext | None,
+    limiter: ConnectionLimiter,
+    directory: Directory,
+    throttle: LoginThrottle,
+    loop: asyncio.AbstractEventLoop,
+) -> Callable[[], MailroomSMTP]:
+    submission = listener.name != "mx"
+    implicit = listener.name == "submissions"
+    handler = handlers["submission" if submission else "mx"]
+
+    def protocol() -> MailroomSMTP:
+        return MailroomSMTP(
+            handler,
+            limits=config.smtp_limits,
+            limiter=limiter,
+            directory=directory if submission else None,
+            throttle=throttle if submission else None,
+            implicit_tls=implicit,
+            hostname=config.hostname,
+            ident="Mailroom",
+            data_size_limit=config.smtp_max_message_size,
+            enable_SMTPUTF8=True,
+            # 465 is TLS from the first byte: no STARTTLS inside it.
+            tls_context=None if implicit else tls,
+            require_starttls=listener.name == "submission",
+            auth_required=submission,
+            auth_require_tls=True,
+            auth_exclude_mechanism=[] if submission else ["PLAIN", "LOGIN"],
+            loop=loop,
+        )
+
+    return protocol
 
 
 def serve(config: Config) -> None:
@@ -31,25 +73,26 @@ def serve(config: Config) -> None:
     daemon.ensure_store_root(config)
     sockets = [(listener, daemon.bind(listener)) for listener in config.smtp_listeners]
     daemon.drop_privileges(config.run_as_user, config.run_as_group)
-    handler = InboundHandler(config, Directory(config), MaildirStore(config.store_root))
+    directory = Directory(config)
+    store = MaildirStore(config.store_root)
+    spool = Spool(config.queue_root) if config.queue_root else None
+    handlers: dict[str, Handler] = {
+        "mx": InboundHandler(config, directory, store, spool),
+        "submission": SubmissionHandler(config, directory, store, spool),
+    }
 
     async def main(stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-
-        def protocol() -> SMTP:
-            return SMTP(
-                handler,
-                hostname=config.hostname,
-                ident="Mailroom",
-                data_size_limit=config.smtp_max_message_size,
-                enable_SMTPUTF8=True,
-                tls_context=tls,
-                timeout=COMMAND_TIMEOUT,
-                loop=loop,
-            )
-
-        servers = [await loop.create_server(protocol, sock=sock) for _, sock in sockets]
+        limiter = ConnectionLimiter(config.smtp_limits)
+        throttle = LoginThrottle()
+        servers = []
         for listener, sock in sockets:
+            factory = protocol_factory(config, listener, handlers, tls, limiter, directory, throttle, loop)
+            servers.append(
+                await loop.create_server(
+                    factory, sock=sock, ssl=tls if listener.name == "submissions" else None
+                )
+            )
             log.info("listening name=%s on %s port %d", listener.name, *sock.getsockname()[:2])
         await stop.wait()
         log.info("stopping")

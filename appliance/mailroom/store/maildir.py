@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..config import split_address
+from ..fsutil import fsync_dir, write_synced
 
 _counter = itertools.count()
 
@@ -33,14 +34,6 @@ def _unique_name(size: int) -> str:
     return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Maildir:
     """One Maildir folder: cur/, new/ and tmp/ below a root."""
 
@@ -54,9 +47,9 @@ class Maildir:
         missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         for sub in ("cur", "new", "tmp"):
             (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         for created in missing:
-            _fsync_dir(created.parent)
+            fsync_dir(created.parent)
 
     def deliver(self, data: bytes) -> str:
         """Store a message in new/ durably; return its file name."""
@@ -65,22 +58,41 @@ class Maildir:
         tmp = self.path / "tmp" / name
         new = self.path / "new" / name
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_synced(tmp, data)
             # rename is atomic: readers see the whole message in new/ or nothing.
             os.rename(tmp, new)
-            _fsync_dir(new.parent)
+            fsync_dir(new.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise DeliveryError(f"cannot store message in {self.path}: {exc}") from exc
         return name
+
+    def usage(self) -> int:
+        """Bytes of mail in this Maildir and its Maildir++ folders (from the S= in file names)."""
+        total = 0
+        folders = [self.path] + [p for p in self.path.glob(".*") if p.is_dir()]
+        for folder in folders:
+            for sub in ("new", "cur"):
+                try:
+                    entries = os.scandir(folder / sub)
+                except FileNotFoundError:
+                    continue
+                with entries:
+                    for entry in entries:
+                        total += _size_of(entry)
+        return total
+
+
+def _size_of(entry: os.DirEntry[str]) -> int:
+    marker = entry.name.find(",S=")
+    if marker != -1:
+        digits = entry.name[marker + 3 :].split(",", 1)[0].split(":", 1)[0]
+        if digits.isdigit():
+            return int(digits)
+    try:
+        return entry.stat().st_size
+    except FileNotFoundError:  # expunged meanwhile
+        return 0
 
 
 class MaildirStore:
