@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, daemon
 from .accounts import hash_password
-from .config import ConfigError, load
+from .config import Config, ConfigError, load
 from .tls import server_context
 
 DEFAULT_CONFIG = "/etc/mailroom/mailroom.yml"
@@ -49,16 +49,35 @@ def password_hash(args: argparse.Namespace) -> int:
     return 0
 
 
-def smtpd(args: argparse.Namespace) -> int:
-    from .smtp.server import (
-        serve,  # imported late: the admin commands don't need aiosmtpd
-    )
-
+def _load_for_daemon(name: str, path: str) -> Config | None:
     try:
-        config = load(args.config)
+        config = load(path)
     except ConfigError as exc:
-        print(f"mailroom smtpd: {args.config}: {exc}", file=sys.stderr)
+        print(f"mailroom {name}: {path}: {exc}", file=sys.stderr)
+        return None
+    daemon.enable_shared_metrics(config)
+    return config
+
+
+def smtpd(args: argparse.Namespace) -> int:
+    config = _load_for_daemon("smtpd", args.config)
+    if config is None:
         return 1
+    from .smtp.server import serve  # after enable_shared_metrics (see there)
+
+    serve(config)
+    return 0
+
+
+def metricsd(args: argparse.Namespace) -> int:
+    config = _load_for_daemon("metricsd", args.config)
+    if config is None:
+        return 1
+    if config.metrics is None:
+        print(f"mailroom metricsd: {args.config}: metrics: is not configured", file=sys.stderr)
+        return 1
+    from .metricsd import serve
+
     serve(config)
     return 0
 
@@ -89,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     smtp = commands.add_parser("smtpd", help="run the SMTP daemon in the foreground")
     smtp.add_argument("--config", default=DEFAULT_CONFIG)
     smtp.set_defaults(func=smtpd)
+
+    metrics = commands.add_parser("metricsd", help="run the metrics endpoint (Prometheus) in the foreground")
+    metrics.add_argument("--config", default=DEFAULT_CONFIG)
+    metrics.set_defaults(func=metricsd)
     return parser
 
 

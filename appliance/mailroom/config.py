@@ -82,6 +82,14 @@ class SmtpLimits:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    address: str
+    port: int
+    allow: tuple[str, ...]  # client networks (CIDR) that may scrape
+    state_dir: Path  # where each daemon writes its values for metricsd to sum
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     domains: tuple[str, ...]
@@ -98,6 +106,7 @@ class Config:
     # Below this much free space in the store, MAIL FROM gets 452 4.3.1.
     min_free_bytes: int = 0
     queue_root: Path | None = None
+    metrics: Metrics | None = None
     log_level: str = "info"
     source: Path | None = field(default=None, compare=False)
 
@@ -179,7 +188,19 @@ class _Reader:
 def parse(data: Any, source: Path | None = None) -> Config:
     top = _Reader(data, "")
     top.check_unknown(
-        {"hostname", "run_as", "domains", "users", "aliases", "store", "queue", "tls", "smtp", "log_level"}
+        {
+            "hostname",
+            "run_as",
+            "domains",
+            "users",
+            "aliases",
+            "store",
+            "queue",
+            "tls",
+            "smtp",
+            "metrics",
+            "log_level",
+        }
     )
 
     hostname = top.string("hostname").lower()
@@ -274,6 +295,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
         if queue_root is None:
             raise ConfigError("queue.root", "is required with submission listeners (mail to other domains)")
 
+    metrics = _parse_metrics(top) if top.raw("metrics", None) is not None else None
+
     log_level = top.string("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
@@ -293,6 +316,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         smtp_limits=limits,
         min_free_bytes=min_free,
         queue_root=queue_root,
+        metrics=metrics,
         log_level=log_level,
         source=source,
     )
@@ -305,6 +329,32 @@ def _absolute_path(reader: _Reader, name: str, default: Any = ...) -> Path | Non
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(reader.key(name), "must be an absolute path")
     return Path(value)
+
+
+def _parse_metrics(top: _Reader) -> Metrics:
+    reader = top.sub("metrics")
+    reader.check_unknown({"address", "port", "allow", "state_dir"})
+    address = reader.string("address", "127.0.0.1")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(reader.key("address"), f"{address!r} is not an IP address") from None
+    allow = reader.raw("allow", ["127.0.0.1/32", "::1/128"])
+    if not isinstance(allow, list) or not allow:
+        raise ConfigError(reader.key("allow"), "must be a non-empty list of networks")
+    for i, net in enumerate(allow):
+        try:
+            ipaddress.ip_network(str(net))
+        except ValueError:
+            raise ConfigError(f"{reader.key('allow')}[{i}]", f"{net!r} is not a network (CIDR)") from None
+    state_dir = _absolute_path(reader, "state_dir", "/run/mailroom/metrics")
+    assert state_dir is not None
+    return Metrics(
+        address,
+        reader.integer("port", 9154, minimum=1, maximum=65535),
+        tuple(str(n) for n in allow),
+        state_dir,
+    )
 
 
 def _parse_aliases(top: _Reader, domains: list[str], users: set[str]) -> tuple[Alias, ...]:

@@ -62,6 +62,23 @@ def ensure_store_root(config: Config) -> None:
             os.chown(root, pwd.getpwnam(config.run_as_user).pw_uid, grp.getgrnam(config.run_as_group).gr_gid)
 
 
+def enable_shared_metrics(config: Config) -> None:
+    """Make this process write its metrics where metricsd reads them.
+
+    prometheus_client picks its value storage when it is first imported, so
+    this runs before anything imports mailroom.metrics.
+    """
+    if config.metrics is None:
+        return
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("enable_shared_metrics() must run before prometheus_client is imported")
+    state_dir = config.metrics.state_dir
+    state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(state_dir, pwd.getpwnam(config.run_as_user).pw_uid, grp.getgrnam(config.run_as_group).gr_gid)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(state_dir)
+
+
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run a daemon's main coroutine until SIGTERM or SIGINT sets the stop event."""
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from email.utils import formatdate
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from .. import metrics
 from ..accounts import Directory, Resolution
 from ..config import Config, User, is_plausible_address, split_address
 from ..fsutil import free_bytes
@@ -65,6 +67,11 @@ def to_maildir_bytes(message: bytes) -> bytes:
     return message.replace(b"\r\n", b"\n")
 
 
+def refuse(server: SMTP, stage: str, reply: replies.Reply) -> str:
+    metrics.SMTP_REJECTIONS.labels(getattr(server, "listener", "?"), stage, reply.reason).inc()
+    return str(reply)
+
+
 class Handler:
     """Shared by all listeners; subclasses say who may send what to whom."""
 
@@ -92,10 +99,10 @@ class Handler:
         # aiosmtpd represents the null sender <> as the literal "<>" (and needs
         # mail_from to be truthy to accept RCPT), so it is kept that way.
         if address != "<>" and not is_plausible_address(address):
-            return str(replies.BAD_SENDER)
+            return refuse(server, "mail", replies.BAD_SENDER)
         refusal = self.check_sender(session, address)
         if refusal:
-            return str(refusal)
+            return refuse(server, "mail", refusal)
         loop = asyncio.get_running_loop()
         try:
             free = await loop.run_in_executor(None, free_bytes, self.config.store_root)
@@ -103,7 +110,7 @@ class Handler:
             free = 0
         if free < self.config.min_free_bytes:
             log.error("low disk: %d bytes free in %s", free, self.config.store_root)
-            return str(replies.LOW_DISK)
+            return refuse(server, "mail", replies.LOW_DISK)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(replies.SENDER_OK)
@@ -115,24 +122,26 @@ class Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         if len(envelope.rcpt_tos) >= self.config.smtp_limits.max_recipients:
-            return str(replies.TOO_MANY_RECIPIENTS)
+            return refuse(server, "rcpt", replies.TOO_MANY_RECIPIENTS)
         if not is_plausible_address(address):
-            return str(
+            return refuse(
+                server,
+                "rcpt",
                 replies.NO_SUCH_USER
                 if self.directory.is_local_domain(split_address(address)[1])
-                else replies.RELAY_DENIED
+                else replies.RELAY_DENIED,
             )
         _, domain = split_address(address)
         if self.directory.is_local_domain(domain):
             resolution = self.directory.resolve(address)
             if not resolution:
                 log.info("unknown recipient peer=%s rcpt=%r", session.peer, address)
-                return str(replies.NO_SUCH_USER)
+                return refuse(server, "rcpt", replies.NO_SUCH_USER)
             if await self.any_mailbox_full(resolution.local):
-                return str(replies.MAILBOX_FULL)
+                return refuse(server, "rcpt", replies.MAILBOX_FULL)
         elif not self.may_relay(session):
             log.info("relay denied peer=%s rcpt=%r", session.peer, address)
-            return str(replies.RELAY_DENIED)
+            return refuse(server, "rcpt", replies.RELAY_DENIED)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return str(replies.RECIPIENT_OK)
@@ -159,7 +168,7 @@ class Handler:
         crlf = body.count(b"\r\n")
         if body.count(b"\r") != crlf or body.count(b"\n") != crlf:
             log.info("id=%s refused: bare CR or LF peer=%s", queue_id, session.peer)
-            return str(replies.BARE_NEWLINE)
+            return refuse(server, "data", replies.BARE_NEWLINE)
         local: dict[str, User] = {}
         remote: dict[str, None] = {}
         for rcpt in envelope.rcpt_tos:
@@ -172,10 +181,11 @@ class Handler:
             remote.update(dict.fromkeys(resolution.remote))
         for user in local.values():
             if user.quota_bytes and len(body) > user.quota_bytes:
-                return str(replies.OVER_QUOTA)
+                return refuse(server, "data", replies.OVER_QUOTA)
         single = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
         message = received_header(self.config, server, session, queue_id, single) + body
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         try:
             for user in local.values():
                 mailbox = self.store.mailbox(user.address)
@@ -193,7 +203,11 @@ class Handler:
                 await loop.run_in_executor(None, self.spool.enqueue, queued, message)
         except (DeliveryError, SpoolError) as exc:
             log.error("id=%s not stored: %s", queue_id, exc)
-            return str(replies.NOT_STORED)
+            return refuse(server, "data", replies.NOT_STORED)
+        listener = getattr(server, "listener", "?")
+        metrics.SMTP_DELIVERY_SECONDS.observe(time.monotonic() - started)
+        metrics.SMTP_MESSAGES.labels(listener).inc()
+        metrics.SMTP_RECEIVED_BYTES.labels(listener).inc(len(body))
         log.info(
             "id=%s from=%s to=%s size=%d local=%d queued=%d",
             queue_id,

@@ -13,6 +13,7 @@ class Reply:
     code: int
     enhanced: str
     text: str
+    reason: str = ""  # the label of a refusal in mailroom_smtp_rejections_total
 
     @property
     def temporary(self) -> bool:
@@ -24,16 +25,16 @@ class Reply:
 
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
-NO_SUCH_USER = Reply(550, "5.1.1", "Mailbox unavailable")
-RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
-BAD_SENDER = Reply(553, "5.1.7", "Sender address syntax invalid")
-NOT_YOUR_ADDRESS = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
-TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
-MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
-OVER_QUOTA = Reply(552, "5.2.2", "Message larger than the mailbox quota")
-LOW_DISK = Reply(452, "4.3.1", "Insufficient system storage, try again later")
-BARE_NEWLINE = Reply(550, "5.6.0", "Message contains bare CR or LF")
-NOT_STORED = Reply(451, "4.3.0", "Message not stored, try again later")
+NO_SUCH_USER = Reply(550, "5.1.1", "Mailbox unavailable", "unknown_recipient")
+RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied", "relay_denied")
+BAD_SENDER = Reply(553, "5.1.7", "Sender address syntax invalid", "bad_sender")
+NOT_YOUR_ADDRESS = Reply(553, "5.7.1", "Sender address not owned by the user", "sender_not_owned")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients", "too_many_recipients")
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full", "mailbox_full")
+OVER_QUOTA = Reply(552, "5.2.2", "Message larger than the mailbox quota", "over_quota")
+LOW_DISK = Reply(452, "4.3.1", "Insufficient system storage, try again later", "low_disk")
+BARE_NEWLINE = Reply(550, "5.6.0", "Message contains bare CR or LF", "bare_newline")
+NOT_STORED = Reply(451, "4.3.0", "Message not stored, try again later", "not_stored")
 
 
 def queued(queue_id: str) -> Reply:

@@ -41,6 +41,7 @@ def protocol_factory(
     def protocol() -> MailroomSMTP:
         return MailroomSMTP(
             handler,
+            listener=listener.name,
             limits=config.smtp_limits,
             limiter=limiter,
             directory=directory if submission else None,

@@ -20,6 +20,7 @@ from typing import Any
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
+from .. import metrics
 from ..accounts import Directory
 from ..config import SmtpLimits
 from ..throttle import LoginThrottle
@@ -111,6 +112,7 @@ class MailroomSMTP(SMTP):
         self,
         handler: Any,
         *,
+        listener: str,
         limits: SmtpLimits,
         limiter: ConnectionLimiter,
         directory: Directory | None = None,
@@ -122,6 +124,7 @@ class MailroomSMTP(SMTP):
         # aiosmtpd keeps command size limits in a class-level dict shared by all
         # sessions (EHLO raises MAIL's limit for everyone); give each its own.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self.listener = listener
         self.limits = limits
         self.limiter = limiter
         self.directory = directory
@@ -143,12 +146,18 @@ class MailroomSMTP(SMTP):
             peer = transport.get_extra_info("peername")
             ip = peer[0] if isinstance(peer, tuple) else str(peer)
             if not self.limiter.admit(ip):
+                metrics.SMTP_CONNECTIONS_REFUSED.labels(self.listener).inc()
                 log.warning("connection refused peer=%s: limit reached", ip)
                 transport.write(TOO_MANY_CONNECTIONS.encode() + b"\r\n")
                 transport.close()
                 return
             self._admitted_ip = ip
             self._deadline = self.loop.call_later(self.limits.session_timeout, self._expire)
+            metrics.SMTP_CONNECTIONS.labels(self.listener).inc()
+            if self.implicit_tls:
+                metrics.SMTP_TLS_SESSIONS.labels(self.listener, "implicit").inc()
+        elif self._original_transport is not None:
+            metrics.SMTP_TLS_SESSIONS.labels(self.listener, "starttls").inc()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -206,15 +215,18 @@ class MailroomSMTP(SMTP):
             return AuthResult(success=False, handled=False)
         keys = (f"ip:{self._admitted_ip}", f"user:{login.lower()}")
         if self.throttle.locked(*keys):
+            metrics.SMTP_AUTH.labels("locked").inc()
             log.warning("auth locked out peer=%s login=%r", self._admitted_ip, login)
             return AuthResult(success=False, handled=False, message=AUTH_LOCKED)
         user = await self.directory.authenticate(login, password)
         if user is None:
+            metrics.SMTP_AUTH.labels("failure").inc()
             delay = self.throttle.failure(*keys)
             log.warning("auth failed peer=%s login=%r mechanism=%s", self._admitted_ip, login, mechanism)
             if delay:
                 await asyncio.sleep(delay)
             return AuthResult(success=False, handled=False)
+        metrics.SMTP_AUTH.labels("success").inc()
         self.throttle.success(keys[1])
         log.info("auth ok peer=%s user=%s mechanism=%s", self._admitted_ip, user.address, mechanism)
         return AuthResult(success=True, auth_data=user)
