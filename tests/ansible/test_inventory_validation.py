@@ -171,8 +171,37 @@ def test_broken_inventory_fails_in_preflight(case: str, tmp_path: Path) -> None:
     assert SECRET not in output
 
 
-def test_example_inventory_passes_preflight(tmp_path: Path) -> None:
+def _provided_tls(group_vars: dict, tmp_path: Path) -> None:
+    (tmp_path / "mail.crt").write_text("certificate\n")
+    (tmp_path / "mail.key").write_text("key\n")
+    group_vars.update(
+        mailroom_tls_mode="provided",
+        mailroom_tls_certificate_src=str(tmp_path / "mail.crt"),
+        mailroom_tls_private_key_src=str(tmp_path / "mail.key"),
+    )
+
+
+def _hash_and_second_domain(group_vars: dict, tmp_path: Path) -> None:
+    group_vars["mailroom_domains"] = ["example.test", "example.org"]
+    group_vars["mailroom_users"].append(
+        {
+            "address": "bob.smith+lists@example.org",
+            "password_hash": "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
+        }
+    )
+
+
+GOOD = {
+    "as shipped": lambda group_vars, tmp_path: None,
+    "provided certificate": _provided_tls,
+    "password hash and a second domain": _hash_and_second_domain,
+}
+
+
+@pytest.mark.parametrize("case", list(GOOD))
+def test_good_inventory_passes_preflight(case: str, tmp_path: Path) -> None:
     inventory = copy.deepcopy(_example())
+    GOOD[case](_group_vars(inventory), tmp_path)
     result = _run(inventory, tmp_path, "--tags", "preflight")
     output = result.stdout + result.stderr
 
