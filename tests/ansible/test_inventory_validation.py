@@ -152,6 +152,34 @@ CASES = {
         _setting("mailroom_tls_mode", "provided"),
         ["mailroom_tls_mode is 'provided'", "mailroom_tls_certificate_src"],
     ),
+    "malformed quota": (
+        _user(address="alice@example.test", password=SECRET, quota="lots"),
+        ["mailroom_users[0] (alice@example.test):", "quota must be a size"],
+    ),
+    "alias outside the mail domains": (
+        _setting("mailroom_aliases", [{"address": "sales@example.org", "to": "alice@example.test"}]),
+        ["mailroom_aliases[0]: address 'sales@example.org'"],
+    ),
+    "alias without targets": (
+        _setting("mailroom_aliases", [{"address": "sales@example.test", "to": []}]),
+        ["mailroom_aliases[0]: address 'sales@example.test'", "'to' one"],
+    ),
+    "alias with a malformed target": (
+        _setting("mailroom_aliases", [{"address": "@example.test", "to": ["not an address"]}]),
+        ["mailroom_aliases[0]: address '@example.test'"],
+    ),
+    "submission port clashes with the MX port": (
+        _setting("mailroom_submission_port", 25),
+        ["mailroom_submission_port (25)", "must be", "distinct TCP ports"],
+    ),
+    "unknown smtp limit": (
+        _setting("mailroom_smtp_limits", {"max_errorz": 5}),
+        ["mailroom_smtp_limits may set max_errors"],
+    ),
+    "metrics allow is not a network": (
+        _setting("mailroom_metrics_allow", ["everyone"]),
+        ["mailroom_metrics_allow must list the networks"],
+    ),
 }
 
 
@@ -191,8 +219,20 @@ def _hash_and_second_domain(group_vars: dict, tmp_path: Path) -> None:
     )
 
 
+def _aliases_quota_and_ports(group_vars: dict, tmp_path: Path) -> None:
+    group_vars["mailroom_users"][0].update(quota="2G", state="active")
+    group_vars["mailroom_aliases"] = [
+        {"address": "sales@example.test", "to": ["alice@example.test", "partner@example.net"]},
+        {"address": "@example.test", "to": "alice@example.test"},
+    ]
+    group_vars["mailroom_submissions_port"] = 0
+    group_vars["mailroom_metrics_allow"] = ["192.0.2.10/32", "2001:db8::/64"]
+    group_vars["mailroom_smtp_limits"] = {"max_recipients": 50}
+
+
 GOOD = {
     "as shipped": lambda group_vars, tmp_path: None,
+    "aliases, quota, ports and limits": _aliases_quota_and_ports,
     "provided certificate": _provided_tls,
     "password hash and a second domain": _hash_and_second_domain,
 }
