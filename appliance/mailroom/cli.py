@@ -7,11 +7,13 @@ Exit codes: 0 success, 1 the input (configuration, password) is wrong,
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 from pathlib import Path
 
 from . import __version__, daemon
-from .accounts import hash_password
+from .accounts import Directory, hash_password
 from .config import Config, ConfigError, load
 from .tls import server_context
 
@@ -47,6 +49,45 @@ def password_hash(args: argparse.Namespace) -> int:
         print(f"mailroom: {args.salt_key}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def accounts_list(args: argparse.Namespace) -> int:
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"mailroom: {args.config}: {exc}", file=sys.stderr)
+        return 1
+    rows = [(u.address, "user", u.state, f"{u.quota_bytes}" if u.quota_bytes else "-") for u in config.users]
+    rows += [
+        (a.address, "catch-all" if a.is_catch_all else "alias", "-> " + ", ".join(a.targets), "-")
+        for a in config.aliases
+    ]
+    if args.json:
+        print(
+            json.dumps(
+                [dict(zip(("address", "kind", "state", "quota_bytes"), row, strict=True)) for row in rows],
+                indent=2,
+            )
+        )
+        return 0
+    width = max((len(r[0]) for r in rows), default=7)
+    print(f"{'ADDRESS':<{width}}  {'KIND':<9}  {'QUOTA':>12}  STATE / TARGETS")
+    for address, kind, state, quota in rows:
+        print(f"{address:<{width}}  {kind:<9}  {quota:>12}  {state}")
+    return 0
+
+
+def accounts_test_login(args: argparse.Namespace) -> int:
+    """Check a password the way the daemons do (no throttling, nothing logged)."""
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"mailroom: {args.config}: {exc}", file=sys.stderr)
+        return 1
+    password = sys.stdin.readline().rstrip("\r\n")
+    user = asyncio.run(Directory(config).authenticate(args.address, password))
+    print(f"{args.address}: {'login OK' if user else 'login FAILED (unknown, disabled or wrong password)'}")
+    return 0 if user else 1
 
 
 def _load_for_daemon(name: str, path: str) -> Config | None:
@@ -104,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     hash_cmd.add_argument("--address", required=True, help="the account the password belongs to")
     hash_cmd.add_argument("--salt-key", required=True, help="file with the site's secret salt key")
     hash_cmd.set_defaults(func=password_hash)
+
+    accounts = commands.add_parser("accounts", help="users and aliases (change them in the inventory)")
+    accounts_actions = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = accounts_actions.add_parser("list", help="list users, aliases and catch-alls")
+    listing.add_argument("--config", default=DEFAULT_CONFIG)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=accounts_list)
+    login = accounts_actions.add_parser(
+        "test-login", help="check the password read from standard input, as the daemons would"
+    )
+    login.add_argument("address")
+    login.add_argument("--config", default=DEFAULT_CONFIG)
+    login.set_defaults(func=accounts_test_login)
 
     smtp = commands.add_parser("smtpd", help="run the SMTP daemon in the foreground")
     smtp.add_argument("--config", default=DEFAULT_CONFIG)

@@ -178,8 +178,8 @@ class _Reader:
     def sub(self, name: str, default: Any = ...) -> _Reader:
         return _Reader(self.raw(name, default), self.key(name))
 
-    def items(self, name: str) -> list[Any]:
-        value = self.raw(name)
+    def items(self, name: str, default: Any = ...) -> list[Any]:
+        value = self.raw(name, default)
         if not isinstance(value, list):
             raise ConfigError(self.key(name), "must be a list")
         return value
@@ -219,7 +219,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
 
     users: list[User] = []
     seen: set[str] = set()
-    for i, raw in enumerate(top.items("users")):
+    for i, raw in enumerate(top.items("users", [])):
         entry = _Reader(raw, f"users[{i}]")
         entry.check_unknown({"address", "password_hash", "quota_bytes", "state"})
         address = entry.string("address").lower()

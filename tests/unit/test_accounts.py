@@ -131,3 +131,47 @@ def test_cli_password_hash(
     assert printed == hash_password("pw", address="alice@example.test", salt_key=KEY)
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert cli.main(["password", "hash", "--address", "a@b.test", "--salt-key", str(key)]) == 1
+
+
+def test_cli_accounts_list_and_test_login(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    config = tmp_path / "mailroom.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "hostname": "mail.example.test",
+                "domains": ["example.test"],
+                "users": [
+                    {
+                        "address": "alice@example.test",
+                        "quota_bytes": 1000,
+                        "password_hash": hash_password("pw", address="alice@example.test", salt_key=KEY),
+                    }
+                ],
+                "aliases": [{"address": "@example.test", "to": "alice@example.test"}],
+                "store": {"root": "/srv/mail"},
+                "smtp": {"listeners": [{"name": "mx", "address": "127.0.0.1", "port": 25}]},
+            }
+        )
+    )
+    assert cli.main(["accounts", "list", "--config", str(config), "--json"]) == 0
+    import json
+
+    listed = json.loads(capsys.readouterr().out)
+    assert listed == [
+        {"address": "alice@example.test", "kind": "user", "state": "active", "quota_bytes": "1000"},
+        {
+            "address": "@example.test",
+            "kind": "catch-all",
+            "state": "-> alice@example.test",
+            "quota_bytes": "-",
+        },
+    ]
+    monkeypatch.setattr("sys.stdin", io.StringIO("pw\n"))
+    assert cli.main(["accounts", "test-login", "alice@example.test", "--config", str(config)]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("nope\n"))
+    assert cli.main(["accounts", "test-login", "alice@example.test", "--config", str(config)]) == 1
+    assert "login FAILED" in capsys.readouterr().out

@@ -54,6 +54,7 @@ def test_good_config_parses_with_defaults() -> None:
         ("users.0.address", "alice@other.test", "users[0].address", "not in one of the domains"),
         ("users.0.password_hash", "plaintext", "users[0].password_hash", "argon2id"),
         ("users.0.password_hash", KeyError, "users[0].password_hash", "is required"),
+        ("users", "alice", "users", "must be a list"),
         ("store.root", "relative/path", "store.root", "absolute"),
         ("smtp.listeners.0.port", 70000, "smtp.listeners[0].port", "between 1 and 65535"),
         ("smtp.listeners.0.port", "25", "smtp.listeners[0].port", "must be an integer"),
