@@ -1,0 +1,760 @@
+"""One Maildir folder with the state IMAP needs: UIDs, flags, MODSEQ, kept in the Maildir itself.
+
+File names
+    Delivery (smtpd) writes ``new/<base>`` and never locks. The first sync that sees a message
+    moves it to ``cur/<base>,U=<uid>,M=<modseq>:2,<flags>``. ``<base>`` keeps whatever the writer
+    put there, including ``,S=<size>``; U= and M= are the only fields we add. ``<flags>`` are the
+    Maildir info letters in ASCII order: D=\\Draft F=\\Flagged R=\\Answered S=\\Seen T=\\Deleted,
+    other capitals (P "passed") are kept as they are, and a-z are keywords (see below). A file
+    without M= has modseq 1. Every flag change renames the file anyway, so the per-message
+    MODSEQ costs nothing extra to store there.
+
+    Because UIDs, flags and modseqs are in the names, a restored copy of the Maildir (borg copies
+    files) has the exact IMAP state, and any other Maildir tool keeps working on it.
+
+Per-folder files
+    ``mailroom-state``        uidvalidity, uidnext, highestmodseq (key=value lines). Written
+                              atomically: tmp + fsync + rename + fsync of the folder directory.
+    ``mailroom-uidvalidity``  the UIDVALIDITY once more, written once and never rewritten. This is
+                              an addition to the plan: with only the state file, losing it would
+                              force a new UIDVALIDITY even though every message still has its U=
+                              (the UIDs mean nothing without their UIDVALIDITY). With a second copy
+                              that is never rewritten (so never torn by a crash during a rewrite)
+                              the rebuild keeps UIDVALIDITY and UIDs, and clients keep their caches.
+    ``mailroom-keywords``     keyword letters, "<index> <keyword>" per line, index 0 = 'a' (the
+                              layout Dovecot uses for dovecot-keywords). At most 26 per folder.
+    ``mailroom-lock``         the lock file (see Locking).
+
+Rebuild
+    Missing or corrupt state: UIDNEXT = max(U)+1 and HIGHESTMODSEQ = max(M)+1 from the names,
+    UIDVALIDITY from mailroom-uidvalidity; a new UIDVALIDITY only when that is lost too (then
+    every client drops its cache, so keeping the old U= values is harmless). Also on every rescan
+    the state is healed upwards if names carry a higher U or M than it says (a crash between the
+    renames and the state write, or a restore whose state file is older than some messages), and
+    duplicate U= values (a file copied by hand) get a fresh UID for all but one of them.
+
+Locking
+    ``flock(LOCK_EX)`` on ``mailroom-lock`` around every change: UID assignment, flag renames,
+    expunge, append, copy into the folder, state writes. A full rescan of cur/ holds
+    ``LOCK_SH``, which is enough because everything that renames in cur/ holds LOCK_EX.
+    The warm check (state file unchanged, cur/ unchanged, new/ empty) takes no lock. Delivery
+    never locks: it only ever adds files to new/, which sync empties under LOCK_EX. After taking
+    a lock we check that the lock file is still the one at our path, so a folder deleted or
+    renamed meanwhile raises FolderGone instead of writing into a directory that moved away.
+    No operation holds two folder locks at once (copy links into the target's tmp/ first, then
+    locks only the target), so there is no lock-order deadlock between folders.
+
+Cheap re-check
+    Every change we make bumps HIGHESTMODSEQ, so the state file's bytes change with every
+    change to cur/. The warm check is: read the state file, stat cur/ (catches other Maildir
+    tools), list new/ (empty in steady state, a few microseconds). Only when something differs
+    is cur/ listed again, and only names not seen before are parsed. We list new/ instead of
+    trusting its mtime because delivery does not lock and directory mtimes are coarse (a
+    delivery in the same clock tick as our stat would not change it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import BinaryIO
+
+from ..fsutil import fsync_dir, write_synced
+from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
+
+STATE_FILE = "mailroom-state"
+UIDVALIDITY_FILE = "mailroom-uidvalidity"
+KEYWORDS_FILE = "mailroom-keywords"
+LOCK_FILE = "mailroom-lock"
+
+SYSTEM_FLAGS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
+_LETTER_FLAGS = {letter: flag for flag, letter in SYSTEM_FLAGS.items()}
+_SYSTEM_BY_LOWER = {flag.lower(): flag for flag in SYSTEM_FLAGS}
+MAX_KEYWORDS = 26
+_UID_MAX = 2**32 - 1
+# RFC 3501 atom characters: no specials, no controls, no space; ']' is allowed in flags.
+_KEYWORD = re.compile(r"[!#$&'+\-./0-9:;<=>?@A-Z\[\]^_`a-z|~]+\Z")
+
+_counter = itertools.count()
+
+
+class Mode(Enum):
+    ADD = "add"
+    REMOVE = "remove"
+    REPLACE = "replace"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """One message as of the last scan. size and internaldate are read on demand."""
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+    name: str
+    folder: Path = field(repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "cur" / self.name
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk (from ,S= in the name, else stat)."""
+        size = _size_from_name(self.name)
+        if size is not None:
+            return size
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError as exc:
+            raise MessageGone(f"message {self.uid} is gone") from exc
+
+    @property
+    def internaldate(self) -> float:
+        """The IMAP INTERNALDATE: the file's mtime (append sets it; rename and link keep it)."""
+        try:
+            return self.path.stat().st_mtime
+        except FileNotFoundError as exc:
+            raise MessageGone(f"message {self.uid} is gone") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """Changes since the previous sync() of the same Folder object (UIDs in ascending order)."""
+
+    new_uids: list[int]
+    expunged_uids: list[int]
+    flag_changes: dict[int, tuple[frozenset[str], int]]
+
+    def __bool__(self) -> bool:
+        return bool(self.new_uids or self.expunged_uids or self.flag_changes)
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+
+    def dump(self) -> bytes:
+        return (
+            f"version=1\nuidvalidity={self.uidvalidity}\nuidnext={self.uidnext}\n"
+            f"highestmodseq={self.highestmodseq}\n"
+        ).encode("ascii")
+
+    @classmethod
+    def parse(cls, raw: bytes | None) -> _State | None:
+        if raw is None:
+            return None
+        try:
+            fields = dict(line.split("=", 1) for line in raw.decode("ascii").splitlines() if line)
+            if fields.get("version") != "1":
+                return None
+            state = cls(int(fields["uidvalidity"]), int(fields["uidnext"]), int(fields["highestmodseq"]))
+        except (ValueError, KeyError, UnicodeDecodeError):
+            return None
+        if not 0 < state.uidvalidity <= _UID_MAX or not 0 < state.uidnext <= _UID_MAX:
+            return None
+        if state.highestmodseq <= 0:
+            return None
+        return state
+
+
+class _Parsed:
+    """What a cur/ file name says: base (without U= and M=), uid (None if absent/invalid), modseq, info."""
+
+    __slots__ = ("base", "info", "modseq", "uid")
+
+    def __init__(self, name: str) -> None:
+        base, colon, info = name.partition(":")
+        self.info = info if colon else ""
+        first, *fields = base.split(",")
+        kept = [first]
+        uids = [f[2:] for f in fields if f.startswith("U=")]
+        modseqs = [f[2:] for f in fields if f.startswith("M=")]
+        kept += [f for f in fields if not f.startswith(("U=", "M="))]
+        self.base = ",".join(kept)
+        # A name with two U= (or M=) is not one we wrote: treat the value as unknown.
+        uid = uids[0] if len(uids) == 1 else ""
+        self.uid: int | None = int(uid) if uid.isdigit() and 0 < int(uid) < _UID_MAX else None
+        modseq = modseqs[0] if len(modseqs) == 1 else ""
+        self.modseq = int(modseq) if modseq.isdigit() and int(modseq) > 0 else 1
+
+    @property
+    def letters(self) -> str:
+        return self.info[2:] if self.info.startswith("2,") else ""
+
+
+def _size_from_name(name: str) -> int | None:
+    marker = name.find(",S=")
+    if marker == -1:
+        return None
+    digits = name[marker + 3 :].split(",", 1)[0].split(":", 1)[0]
+    return int(digits) if digits.isdigit() else None
+
+
+def _unique_base(size: int) -> str:
+    now = time.time()
+    seconds = int(now)
+    usec = int((now - seconds) * 1_000_000)
+    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+    return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size}"
+
+
+def _cur_name(base: str, uid: int, modseq: int, letters: str) -> str:
+    return f"{base},U={uid},M={modseq}:2,{''.join(sorted(set(letters)))}"
+
+
+def _arrival_key(name: str, folder: Path) -> tuple[int, int, str]:
+    """Order of arrival in new/: the time in a delivery name (µs), else the file's mtime."""
+    match = re.match(r"(\d+)\.M(\d+)P\d+Q(\d+)", name)
+    if match:
+        return (int(match[1]) * 10**9 + int(match[2]) * 1000, int(match[3]), name)
+    try:
+        return (os.stat(folder / "new" / name).st_mtime_ns, 0, name)
+    except FileNotFoundError:
+        return (0, 0, name)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4096)
+    except FileNotFoundError:
+        return None
+
+
+def _replace_synced(path: Path, data: bytes) -> None:
+    """Atomically replace path with data: tmp + fsync + rename + fsync of the directory."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a crash; we hold the folder lock
+    write_synced(tmp, data)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def new_uidvalidity() -> int:
+    return int(time.time())
+
+
+def init_folder_dir(path: Path, uidvalidity: int) -> None:
+    """Lay out an empty folder (cur/ new/ tmp/ and its state) in a directory nobody else sees yet."""
+    for sub in ("cur", "new", "tmp"):
+        (path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_synced(path / UIDVALIDITY_FILE, f"{uidvalidity}\n".encode("ascii"))
+    write_synced(path / STATE_FILE, _State(uidvalidity, 1, 1).dump())
+    fsync_dir(path)
+
+
+class Folder:
+    """A Maildir folder as IMAP and POP3 see it. Synchronous; run it in a worker thread.
+
+    One Folder object per session: sync() reports what changed since that object's previous
+    sync(). The object may be shared between threads (an internal lock serialises its calls).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._mutex = threading.RLock()
+        self._state: _State | None = None
+        self._snapshot: tuple[bytes | None, int, int] | None = None
+        self._by_name: dict[str, MessageInfo] = {}
+        self._by_uid: dict[int, MessageInfo] = {}
+        self._sorted: list[MessageInfo] | None = None
+        self._reported: dict[int, MessageInfo] = {}
+        self._keywords: list[str] = []
+        self._flagsets: dict[str, frozenset[str]] = {}
+
+    # ----------------------------------------------------------------- public, read side
+
+    @property
+    def uidvalidity(self) -> int:
+        return self._current_state().uidvalidity
+
+    @property
+    def uidnext(self) -> int:
+        return self._current_state().uidnext
+
+    @property
+    def highestmodseq(self) -> int:
+        return self._current_state().highestmodseq
+
+    @property
+    def keywords(self) -> list[str]:
+        """Keywords defined in this folder (for the FLAGS response)."""
+        with self._mutex:
+            self._refresh()
+            return list(self._keywords)
+
+    @property
+    def can_create_keywords(self) -> bool:
+        """False once all 26 keyword letters are used (PERMANENTFLAGS then lacks \\*)."""
+        return len(self.keywords) < MAX_KEYWORDS
+
+    def sync(self) -> SyncResult:
+        """Pick up new mail and other processes' changes; report them relative to the last sync()."""
+        with self._mutex:
+            self._refresh()
+            before, now = self._reported, self._by_uid
+            new = [uid for uid in now if uid not in before]
+            gone = [uid for uid in before if uid not in now]
+            changed = {
+                uid: (info.flags, info.modseq)
+                for uid, info in now.items()
+                if (old := before.get(uid)) is not None
+                and old is not info
+                and (old.modseq != info.modseq or old.flags != info.flags)
+            }
+            self._reported = dict(now)
+            return SyncResult(sorted(new), sorted(gone), dict(sorted(changed.items())))
+
+    def messages(self) -> list[MessageInfo]:
+        """All messages as of the last scan, by ascending UID (call sync() to refresh)."""
+        with self._mutex:
+            if self._snapshot is None:
+                self._refresh()
+            if self._sorted is None:
+                self._sorted = [self._by_uid[uid] for uid in sorted(self._by_uid)]
+            return self._sorted
+
+    def message(self, uid: int) -> MessageInfo:
+        with self._mutex:
+            info = self._by_uid.get(uid)
+            if info is None:
+                self._refresh()
+                info = self._by_uid.get(uid)
+            if info is None:
+                raise MessageGone(f"no message with UID {uid}")
+            return info
+
+    def open(self, uid: int) -> BinaryIO:
+        """Open a message for reading; follows a rename by another process (flag change)."""
+        for attempt in range(3):
+            info = self.message(uid)
+            try:
+                return open(info.path, "rb")  # the caller closes it
+            except FileNotFoundError:
+                if attempt == 2:
+                    break
+                with self._mutex:
+                    self._refresh(force=True)
+        raise MessageGone(f"message {uid} was expunged")
+
+    def read(self, uid: int) -> bytes:
+        with self.open(uid) as handle:
+            return handle.read()
+
+    # ----------------------------------------------------------------- public, write side
+
+    def store_flags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: Mode | str = Mode.REPLACE
+    ) -> dict[int, tuple[frozenset[str], int]]:
+        """Change flags of the existing messages among uids; return their (flags, modseq).
+
+        Changed messages share one new modseq. Messages that no longer exist are left out.
+        """
+        mode = Mode(mode)
+        wanted = sorted(set(uids))
+        result: dict[int, tuple[frozenset[str], int]] = {}
+        with self._mutex, self._locked(exclusive=True):
+            self._refresh_locked(exclusive=True)
+            letters = self._letters_for(flags)
+            state = self._state_or_fail()
+            modseq = state.highestmodseq + 1
+            renamed = False
+            for uid in wanted:
+                info = self._by_uid.get(uid)
+                if info is None:
+                    continue
+                parsed = _Parsed(info.name)
+                old = parsed.letters
+                if mode is Mode.ADD:
+                    new = set(old) | set(letters)
+                elif mode is Mode.REMOVE:
+                    new = set(old) - set(letters)
+                else:  # keep letters we do not manage (P, unknown keywords)
+                    new = {c for c in old if not self._managed(c)} | set(letters)
+                if new == set(old):
+                    result[uid] = (info.flags, info.modseq)
+                    continue
+                new_letters = "".join(sorted(new))
+                name = _cur_name(parsed.base, uid, modseq, new_letters)
+                try:
+                    os.rename(self.path / "cur" / info.name, self.path / "cur" / name)
+                except FileNotFoundError:
+                    self._forget(info)  # removed by another Maildir tool
+                    continue
+                renamed = True
+                fresh = self._remember(name, uid, modseq, new_letters)
+                self._forget(info)
+                self._add(fresh)
+                self._reported[uid] = fresh
+                result[uid] = (fresh.flags, fresh.modseq)
+            if renamed:
+                fsync_dir(self.path / "cur")
+                self._write_state(_State(state.uidvalidity, state.uidnext, modseq))
+        return result
+
+    def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
+        """Remove the \\Deleted messages (only those among uids, if given); return their UIDs."""
+        with self._mutex, self._locked(exclusive=True):
+            self._refresh_locked(exclusive=True)
+            limit = None if uids is None else set(uids)
+            doomed = [
+                info
+                for info in self._by_uid.values()
+                if "\\Deleted" in info.flags and (limit is None or info.uid in limit)
+            ]
+            return self._remove(doomed)
+
+    def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> int:
+        """Store a message durably (tmp → fsync → rename into cur/ → fsync cur/); return its UID."""
+        tmp = self.path / "tmp" / _unique_base(len(data))
+        try:
+            write_synced(tmp, data)
+        except FileNotFoundError as exc:
+            raise FolderGone(f"folder {self.path} is gone") from exc
+        try:
+            if internaldate is not None:
+                os.utime(tmp, (internaldate, internaldate))
+            [uid] = self._adopt([(tmp, flags)])
+        finally:
+            tmp.unlink(missing_ok=True)
+        return uid
+
+    def copy(self, uids: Iterable[int], dest: Folder) -> dict[int, int]:
+        """Copy messages with their flags; return {source uid: dest uid} (for COPYUID).
+
+        Hard links where the file system allows it, else a durable copy. Messages expunged
+        meanwhile are left out.
+        """
+        staged: list[tuple[int, Path, frozenset[str]]] = []
+        try:
+            for uid in sorted(set(uids)):
+                staged_file = self._stage_into(uid, dest)
+                if staged_file is not None:
+                    staged.append(staged_file)
+            if not staged:
+                return {}
+            dest_uids = dest._adopt([(path, flags) for _, path, flags in staged])
+        finally:
+            for _, path, _ in staged:
+                path.unlink(missing_ok=True)
+        return dict(zip((uid for uid, _, _ in staged), dest_uids, strict=True))
+
+    def move(self, uids: Iterable[int], dest: Folder) -> dict[int, int]:
+        """Copy, then remove the originals (RFC 6851 MOVE); return {source uid: dest uid}."""
+        mapping = self.copy(uids, dest)
+        if mapping:
+            with self._mutex, self._locked(exclusive=True):
+                self._refresh_locked(exclusive=True)
+                self._remove([self._by_uid[uid] for uid in mapping if uid in self._by_uid])
+        return mapping
+
+    # ----------------------------------------------------------------- scanning
+
+    def _current_state(self) -> _State:
+        with self._mutex:
+            self._refresh()
+            return self._state_or_fail()
+
+    def _state_or_fail(self) -> _State:
+        if self._state is None:  # pragma: no cover - _refresh always leaves a state
+            raise FolderGone(f"folder {self.path} has no state")
+        return self._state
+
+    def _check_exists(self) -> os.stat_result:
+        try:
+            return os.stat(self.path / "cur")
+        except FileNotFoundError as exc:
+            raise FolderGone(f"folder {self.path} does not exist (any more)") from exc
+
+    def _is_warm(self) -> bool:
+        """True if nothing changed since the last scan: no lock, three cheap system calls."""
+        if self._snapshot is None:
+            return False
+        cur = self._check_exists()
+        if (_read_bytes(self.path / STATE_FILE), cur.st_ino, cur.st_mtime_ns) != self._snapshot:
+            return False
+        try:
+            return not os.listdir(self.path / "new")
+        except FileNotFoundError:
+            return True
+
+    def _refresh(self, force: bool = False) -> None:
+        if not force and self._is_warm():
+            return
+        self._check_exists()
+        with self._locked(exclusive=False):
+            if self._refresh_locked(exclusive=False):
+                return
+        with self._locked(exclusive=True):
+            self._refresh_locked(exclusive=True)
+
+    def _refresh_locked(self, exclusive: bool) -> bool:
+        """Rescan under the lock. Without LOCK_EX return False if repairs need it."""
+        if self._is_warm():
+            return True
+        raw_state = _read_bytes(self.path / STATE_FILE)
+        cur_stat = self._check_exists()
+        state = _State.parse(raw_state)
+        names = os.listdir(self.path / "cur")
+        arrivals = [n for n in os.listdir(self.path / "new") if not n.startswith(".")]
+        self._load_keywords()
+
+        seen = set(names)
+        for name in [n for n in self._by_name if n not in seen]:
+            self._forget(self._by_name[name])
+        broken: list[str] = []  # cur/ names without a usable UID
+        for name in names:
+            if name in self._by_name or name.startswith("."):
+                continue
+            parsed = _Parsed(name)
+            if parsed.uid is None:
+                broken.append(name)
+                continue
+            holder = self._by_uid.get(parsed.uid)
+            if holder is not None:  # duplicate U= (a file copied by hand): the lower name keeps it
+                if holder.name < name:
+                    broken.append(name)
+                    continue
+                broken.append(holder.name)
+                self._forget(holder)
+            self._add(self._remember(name, parsed.uid, parsed.modseq, parsed.letters))
+
+        max_uid = max(self._by_uid, default=0)
+        max_modseq = max((info.modseq for info in self._by_uid.values()), default=0)
+        healthy = state is not None and state.uidnext > max_uid and state.highestmodseq >= max_modseq
+        if healthy and not broken and not arrivals:
+            self._state = state
+            self._snapshot = (raw_state, cur_stat.st_ino, cur_stat.st_mtime_ns)
+            return True
+        if not exclusive:
+            return False
+
+        if state is None:
+            state = self._rebuilt_state(max_uid, max_modseq)
+        state = _State(
+            state.uidvalidity, max(state.uidnext, max_uid + 1), max(state.highestmodseq, max_modseq)
+        )
+        if broken or arrivals:
+            uid, modseq = state.uidnext, state.highestmodseq + 1
+            moved_from_new = False
+            todo = [("cur", n) for n in sorted(broken)]
+            todo += [("new", n) for n in sorted(arrivals, key=lambda n: _arrival_key(n, self.path))]
+            for sub, name in todo:
+                parsed = _Parsed(name)
+                target = _cur_name(parsed.base, uid, modseq, parsed.letters)
+                try:
+                    os.rename(self.path / sub / name, self.path / "cur" / target)
+                except FileNotFoundError:
+                    continue  # expunged or moved by another Maildir tool
+                moved_from_new |= sub == "new"
+                self._add(self._remember(target, uid, modseq, parsed.letters))
+                uid += 1
+            fsync_dir(self.path / "cur")
+            if moved_from_new:
+                fsync_dir(self.path / "new")
+            state = _State(state.uidvalidity, uid, modseq)
+        self._write_state(state)
+        return True
+
+    def _rebuilt_state(self, max_uid: int, max_modseq: int) -> _State:
+        uidvalidity = None
+        raw = _read_bytes(self.path / UIDVALIDITY_FILE)
+        if raw is not None and raw.strip().isdigit() and 0 < int(raw) <= _UID_MAX:
+            uidvalidity = int(raw)
+        if uidvalidity is None:
+            uidvalidity = new_uidvalidity()
+            _replace_synced(self.path / UIDVALIDITY_FILE, f"{uidvalidity}\n".encode("ascii"))
+        # +1: an expunge after the last flag change bumped it without leaving an M= behind.
+        return _State(uidvalidity, max_uid + 1, max_modseq + 1)
+
+    def _write_state(self, state: _State) -> None:
+        raw = state.dump()
+        _replace_synced(self.path / STATE_FILE, raw)
+        self._state = state
+        cur = os.stat(self.path / "cur")
+        self._snapshot = (raw, cur.st_ino, cur.st_mtime_ns)
+
+    # ----------------------------------------------------------------- in-memory listing
+
+    def _flagset(self, letters: str) -> frozenset[str]:
+        flags = self._flagsets.get(letters)
+        if flags is None:
+            names = set()
+            for c in letters:
+                if c in _LETTER_FLAGS:
+                    names.add(_LETTER_FLAGS[c])
+                elif "a" <= c <= "z" and ord(c) - 97 < len(self._keywords):
+                    names.add(self._keywords[ord(c) - 97])
+            flags = self._flagsets[letters] = frozenset(names)
+        return flags
+
+    def _remember(self, name: str, uid: int, modseq: int, letters: str) -> MessageInfo:
+        return MessageInfo(uid, self._flagset(letters), modseq, name, self.path)
+
+    def _add(self, info: MessageInfo) -> None:
+        self._by_name[info.name] = info
+        self._by_uid[info.uid] = info
+        self._sorted = None
+
+    def _forget(self, info: MessageInfo) -> None:
+        self._by_name.pop(info.name, None)
+        if self._by_uid.get(info.uid) is info:
+            del self._by_uid[info.uid]
+        self._sorted = None
+
+    def _managed(self, letter: str) -> bool:
+        return letter in _LETTER_FLAGS or ("a" <= letter <= "z" and ord(letter) - 97 < len(self._keywords))
+
+    # ----------------------------------------------------------------- keywords
+
+    def _load_keywords(self) -> None:
+        raw = None
+        with contextlib.suppress(FileNotFoundError):
+            raw = (self.path / KEYWORDS_FILE).read_text("utf-8", errors="replace")
+        keywords: list[str] = []
+        for line in (raw or "").splitlines():
+            index, _, word = line.partition(" ")
+            if index.isdigit() and int(index) == len(keywords) and _KEYWORD.match(word):
+                keywords.append(word)
+        if keywords != self._keywords:
+            self._keywords = keywords[:MAX_KEYWORDS]
+            self._flagsets.clear()
+            for name, info in list(self._by_name.items()):
+                parsed = _Parsed(name)
+                self._add(self._remember(name, info.uid, info.modseq, parsed.letters))
+
+    def _letters_for(self, flags: Iterable[str]) -> str:
+        """Map IMAP flags to info letters; new keywords get a letter (LOCK_EX held)."""
+        letters = []
+        keywords = list(self._keywords)
+        for flag in flags:
+            if flag.startswith("\\"):
+                system = _SYSTEM_BY_LOWER.get(flag.lower())
+                if system is None:
+                    if flag.lower() == "\\recent":
+                        continue  # a session attribute, never stored
+                    raise InvalidFlag(f"unknown system flag {flag}")
+                letters.append(SYSTEM_FLAGS[system])
+                continue
+            if not _KEYWORD.match(flag):
+                raise InvalidFlag(f"invalid keyword {flag!r}")
+            lowered = [k.lower() for k in keywords]
+            if flag.lower() in lowered:
+                letters.append(chr(97 + lowered.index(flag.lower())))
+                continue
+            if len(keywords) >= MAX_KEYWORDS:
+                raise TooManyKeywords(f"folder {self.path} already has {MAX_KEYWORDS} keywords")
+            keywords.append(flag)
+            letters.append(chr(96 + len(keywords)))
+        if keywords != self._keywords:
+            text = "".join(f"{i} {word}\n" for i, word in enumerate(keywords))
+            _replace_synced(self.path / KEYWORDS_FILE, text.encode("utf-8"))
+            self._keywords = keywords
+        return "".join(letters)
+
+    # ----------------------------------------------------------------- adding and removing
+
+    def _stage_into(self, uid: int, dest: Folder) -> tuple[int, Path, frozenset[str]] | None:
+        """Link (or copy) one message into dest's tmp/; None if it was expunged meanwhile."""
+        for attempt in range(3):
+            with self._mutex:
+                if attempt or uid not in self._by_uid:
+                    self._refresh(force=bool(attempt))
+                info = self._by_uid.get(uid)
+            if info is None:
+                return None
+            try:
+                size = info.size
+            except MessageGone:
+                continue
+            target = dest.path / "tmp" / _unique_base(size)
+            if not (dest.path / "tmp").is_dir():
+                raise FolderGone(f"folder {dest.path} is gone")
+            try:
+                os.link(info.path, target)
+            except FileNotFoundError:
+                continue  # renamed (flags) or expunged by another process: look again
+            except OSError:  # EXDEV, EPERM, EMLINK: copy the bytes instead
+                try:
+                    with open(info.path, "rb") as src:
+                        write_synced(target, src.read())
+                    shutil.copystat(info.path, target)
+                except FileNotFoundError:
+                    target.unlink(missing_ok=True)
+                    continue
+            return (uid, target, info.flags)
+        return None
+
+    def _adopt(self, staged: list[tuple[Path, Iterable[str]]]) -> list[int]:
+        """Give files in our tmp/ UIDs and move them into cur/, durably; return the UIDs."""
+        with self._mutex, self._locked(exclusive=True):
+            self._refresh_locked(exclusive=True)
+            letters = [self._letters_for(flags) for _, flags in staged]
+            state = self._state_or_fail()
+            uid, modseq = state.uidnext, state.highestmodseq + 1
+            uids = []
+            for (tmp, _), flag_letters in zip(staged, letters, strict=True):
+                name = _cur_name(tmp.name, uid, modseq, flag_letters)
+                os.rename(tmp, self.path / "cur" / name)
+                self._add(self._remember(name, uid, modseq, flag_letters))
+                uids.append(uid)
+                uid += 1
+            fsync_dir(self.path / "cur")
+            self._write_state(_State(state.uidvalidity, uid, modseq))
+            return uids
+
+    def _remove(self, doomed: list[MessageInfo]) -> list[int]:
+        """Unlink messages (LOCK_EX held); they count as reported expunges for this object."""
+        if not doomed:
+            return []
+        for info in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(info.path)
+            self._forget(info)
+            self._reported.pop(info.uid, None)
+        fsync_dir(self.path / "cur")
+        state = self._state_or_fail()
+        self._write_state(_State(state.uidvalidity, state.uidnext, state.highestmodseq + 1))
+        return sorted(info.uid for info in doomed)
+
+    # ----------------------------------------------------------------- locking
+
+    @contextlib.contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[None]:
+        lock_path = self.path / LOCK_FILE
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError as exc:
+            raise FolderGone(f"folder {self.path} does not exist (any more)") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            mine = os.fstat(fd)
+            try:
+                there = os.stat(lock_path)
+            except FileNotFoundError:
+                there = None
+            if there is None or (there.st_ino, there.st_dev) != (mine.st_ino, mine.st_dev):
+                raise FolderGone(f"folder {self.path} was deleted or renamed")
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold this folder's exclusive lock (the mailbox uses it for DELETE and RENAME)."""
+        with self._locked(exclusive=True):
+            yield

@@ -1,0 +1,392 @@
+"""Folder: UIDs, flags and MODSEQ kept in Maildir file names, the state file, rebuild, append/copy/move."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailroom.store import Folder, InvalidFlag, Maildir, MessageGone, Mode, TooManyKeywords
+from mailroom.store.folder import STATE_FILE, UIDVALIDITY_FILE
+
+NAME = re.compile(r"^(?P<base>[^:]+),U=(?P<uid>\d+),M=(?P<modseq>\d+):2,(?P<flags>[A-Za-z]*)$")
+
+
+@pytest.fixture
+def maildir(tmp_path: Path) -> Maildir:
+    box = Maildir(tmp_path / "example.test" / "alice")
+    box.create()
+    return box
+
+
+def deliver(box: Maildir, n: int, tag: str = "m") -> list[str]:
+    return [box.deliver(f"Subject: {tag}{i}\n\nbody {i}\n".encode()) for i in range(n)]
+
+
+def cur_names(box: Maildir) -> list[str]:
+    return sorted(os.listdir(box.path / "cur"))
+
+
+def uid_of_base(box: Maildir) -> dict[str, int]:
+    result = {}
+    for name in cur_names(box):
+        match = NAME.match(name)
+        assert match, name
+        result[match["base"]] = int(match["uid"])
+    return result
+
+
+def test_sync_moves_new_mail_to_cur_with_uids_in_arrival_order(maildir: Maildir) -> None:
+    delivered = deliver(maildir, 5)
+    folder = Folder(maildir.path)
+    result = folder.sync()
+    assert result.new_uids == [1, 2, 3, 4, 5]
+    assert not os.listdir(maildir.path / "new")
+    assert [uid_of_base(maildir)[name] for name in delivered] == [1, 2, 3, 4, 5]
+    assert folder.uidnext == 6
+    assert [m.uid for m in folder.messages()] == [1, 2, 3, 4, 5]
+    first = folder.messages()[0]
+    assert first.flags == frozenset()
+    assert first.size == (first.path.stat().st_size)
+    assert first.name.startswith(delivered[0] + ",U=1,M=")  # ,S=<size> stays in the base
+    assert folder.read(1) == b"Subject: m0\n\nbody 0\n"
+    assert not folder.sync()  # nothing new since the last sync of this object
+
+
+def test_uids_are_stable_across_objects_and_processes(maildir: Maildir) -> None:
+    deliver(maildir, 3)
+    first = Folder(maildir.path)
+    first.sync()
+    before = {m.name: m.uid for m in first.messages()}
+    uidvalidity = first.uidvalidity
+    code = (
+        "import sys; from pathlib import Path; from mailroom.store import Folder\n"
+        "f = Folder(Path(sys.argv[1])); f.sync()\n"
+        "print(f.uidvalidity); [print(m.uid, m.name) for m in f.messages()]\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(maildir.path)], check=True, capture_output=True, text=True
+    ).stdout.splitlines()
+    assert int(out[0]) == uidvalidity
+    assert {line.split(" ", 1)[1]: int(line.split(" ", 1)[0]) for line in out[1:]} == before
+    again = Folder(maildir.path)
+    assert {m.name: m.uid for m in again.messages()} == before
+    assert again.uidvalidity == uidvalidity
+
+
+def test_existing_size_is_kept_and_foreign_cur_files_get_uids(maildir: Maildir) -> None:
+    (maildir.path / "cur" / "12345.foreign.host:2,S").write_bytes(b"x")
+    (maildir.path / "cur" / "12346.other.host,S=3:2,FS").write_bytes(b"abc")
+    folder = Folder(maildir.path)
+    assert folder.sync().new_uids == [1, 2]
+    names = cur_names(maildir)
+    assert names == ["12345.foreign.host,U=1,M=2:2,S", "12346.other.host,S=3,U=2,M=2:2,FS"]
+    assert folder.message(2).flags == {"\\Flagged", "\\Seen"}
+    assert folder.message(2).size == 3
+
+
+def test_uid_is_never_reused_after_expunging_the_highest(maildir: Maildir) -> None:
+    deliver(maildir, 3)
+    folder = Folder(maildir.path)
+    folder.sync()
+    folder.store_flags([3], ["\\Deleted"], Mode.ADD)
+    assert folder.expunge() == [3]
+    assert folder.uidnext == 4
+    deliver(maildir, 1)
+    assert Folder(maildir.path).sync().new_uids == [1, 2, 4]
+    assert folder.sync().new_uids == [4]
+    assert folder.append(b"Subject: appended\n\n") == 5
+
+
+def test_flags_round_trip_through_names_and_modseq_increases(maildir: Maildir) -> None:
+    deliver(maildir, 2)
+    folder = Folder(maildir.path)
+    folder.sync()
+    start = folder.highestmodseq
+    changed = folder.store_flags(
+        [1, 2], ["\\Seen", "\\Answered", "\\Draft", "\\Flagged", "\\Deleted"], Mode.REPLACE
+    )
+    modseq = changed[1][1]
+    assert modseq == start + 1 == folder.highestmodseq
+    every = frozenset({"\\Seen", "\\Answered", "\\Draft", "\\Flagged", "\\Deleted"})
+    assert changed[1] == changed[2] == (every, modseq)
+    assert all(NAME.match(n)["flags"] == "DFRST" for n in cur_names(maildir))  # ASCII order
+    assert all(NAME.match(n)["modseq"] == str(modseq) for n in cur_names(maildir))
+
+    other = Folder(maildir.path)
+    assert other.message(1).flags == {"\\Seen", "\\Answered", "\\Draft", "\\Flagged", "\\Deleted"}
+    assert other.message(1).modseq == modseq
+
+    assert folder.store_flags([1], ["\\seen"], Mode.REMOVE)[1][0] == {
+        "\\Answered",
+        "\\Draft",
+        "\\Flagged",
+        "\\Deleted",
+    }
+    assert folder.highestmodseq == modseq + 1
+    # an unchanged message keeps its modseq and is not renamed
+    unchanged = folder.store_flags([2], ["\\Seen"], Mode.ADD)
+    assert unchanged[2][1] == modseq
+    assert folder.highestmodseq == modseq + 1
+    # changes by another object are reported by sync(); our own are not reported again
+    assert folder.sync().flag_changes == {}
+    other.sync()
+    folder.store_flags([2], ["\\Flagged"], Mode.REMOVE)
+    assert other.sync().flag_changes == {2: (folder.message(2).flags, modseq + 2)}
+    # \Recent is a session attribute: ignored; unknown system flags are refused
+    assert folder.store_flags([2], ["\\Recent"], Mode.REPLACE)[2][0] == frozenset()
+    with pytest.raises(InvalidFlag):
+        folder.store_flags([2], ["\\Bogus"], Mode.ADD)
+    with pytest.raises(InvalidFlag):
+        folder.store_flags([2], ["bad(keyword"], Mode.ADD)
+
+
+def test_keywords_are_letters_with_a_keywords_file(maildir: Maildir) -> None:
+    deliver(maildir, 1)
+    folder = Folder(maildir.path)
+    folder.sync()
+    folder.store_flags([1], ["$Junk", "\\Seen", "$Forwarded"], Mode.ADD)
+    assert NAME.match(cur_names(maildir)[0])["flags"] == "Sab"
+    assert (maildir.path / "mailroom-keywords").read_text() == "0 $Junk\n1 $Forwarded\n"
+    assert Folder(maildir.path).message(1).flags == {"$Junk", "\\Seen", "$Forwarded"}
+    assert folder.store_flags([1], ["$junk"], Mode.REMOVE)[1][0] == {"\\Seen", "$Forwarded"}
+    assert folder.keywords == ["$Junk", "$Forwarded"]
+    folder.store_flags([1], [f"k{i}" for i in range(24)], Mode.ADD)
+    assert not folder.can_create_keywords
+    with pytest.raises(TooManyKeywords):
+        folder.store_flags([1], ["one-too-many"], Mode.ADD)
+    assert len(folder.keywords) == 26
+
+
+def test_state_file_is_small_and_rebuild_gives_the_same_uids(maildir: Maildir) -> None:
+    deliver(maildir, 4)
+    folder = Folder(maildir.path)
+    folder.sync()
+    folder.store_flags([2], ["\\Seen"], Mode.ADD)
+    folder.store_flags([4], ["\\Deleted"], Mode.ADD)
+    folder.expunge()
+    state = (maildir.path / STATE_FILE).read_text()
+    assert f"uidvalidity={folder.uidvalidity}\n" in state and "uidnext=5\n" in state
+    uids, uidvalidity, modseq = uid_of_base(maildir), folder.uidvalidity, folder.highestmodseq
+
+    (maildir.path / STATE_FILE).unlink()
+    rebuilt = Folder(maildir.path)
+    assert rebuilt.uidvalidity == uidvalidity
+    assert {m.uid for m in rebuilt.messages()} == {1, 2, 3}
+    assert uid_of_base(maildir) == uids
+    # UIDNEXT comes back from the names: the expunged 4 is not known any more (documented)
+    assert rebuilt.uidnext == 4
+    assert rebuilt.highestmodseq >= modseq - 1
+
+    (maildir.path / STATE_FILE).write_text("garbage\n")
+    assert Folder(maildir.path).uidvalidity == uidvalidity
+
+
+def test_rebuild_without_any_state_keeps_uids_and_picks_a_new_uidvalidity(maildir: Maildir) -> None:
+    deliver(maildir, 2)
+    folder = Folder(maildir.path)
+    folder.sync()
+    uids = uid_of_base(maildir)
+    old = folder.uidvalidity
+    (maildir.path / STATE_FILE).unlink()
+    (maildir.path / UIDVALIDITY_FILE).unlink()
+    (maildir.path / STATE_FILE).write_text(f"version=1\nuidvalidity={old - 10}\n")  # corrupt
+    rebuilt = Folder(maildir.path)
+    assert rebuilt.uidvalidity != old - 10
+    assert uid_of_base(maildir) == uids
+    assert rebuilt.uidnext == 3
+
+
+def test_state_heals_upwards_from_names(maildir: Maildir) -> None:
+    deliver(maildir, 2)
+    folder = Folder(maildir.path)
+    folder.sync()
+    old_state = (maildir.path / STATE_FILE).read_bytes()
+    deliver(maildir, 1)
+    folder.sync()
+    # a restore where the state file is older than the newest message
+    (maildir.path / STATE_FILE).write_bytes(old_state)
+    fresh = Folder(maildir.path)
+    assert fresh.uidnext == 4
+    assert fresh.append(b"x") == 4
+
+
+def test_duplicate_uids_are_reassigned(maildir: Maildir) -> None:
+    deliver(maildir, 2)
+    folder = Folder(maildir.path)
+    folder.sync()
+    original = folder.message(1).path
+    copy = maildir.path / "cur" / "1000000000.copy.host,S=20,U=1,M=2:2,S"
+    os.link(original, copy)
+    fresh = Folder(maildir.path)
+    assert sorted(m.uid for m in fresh.messages()) == [1, 2, 3]
+    assert fresh.message(1).name == copy.name  # the lower name keeps the UID
+    assert fresh.message(3).name.startswith(original.name.split(",U=")[0] + ",U=3,")
+    assert folder.sync().new_uids == [3]
+
+
+def test_delivery_during_sync_is_picked_up_next_time(
+    maildir: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deliver(maildir, 2)
+    folder = Folder(maildir.path)
+    real_rename = os.rename
+    late: list[str] = []
+
+    def rename_and_deliver(src: object, dst: object) -> None:
+        real_rename(src, dst)
+        if not late:  # a message lands in new/ after sync listed new/
+            late.append("")
+            late[0] = maildir.deliver(b"Subject: late\n\n")
+
+    monkeypatch.setattr(os, "rename", rename_and_deliver)
+    first = folder.sync()
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert first.new_uids == [1, 2]
+    assert os.listdir(maildir.path / "new") == late
+    assert folder.sync().new_uids == [3]
+    assert uid_of_base(maildir)[late[0]] == 3
+
+
+def test_message_vanishing_before_rename_is_skipped(
+    maildir: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deliver(maildir, 2)
+    folder = Folder(maildir.path)
+    folder.sync()
+    doomed = folder.message(1).path
+    real_rename = os.rename
+
+    def vanish_first(src: object, dst: object) -> None:
+        if Path(str(src)) == doomed and doomed.exists():
+            doomed.unlink()  # another Maildir tool removed it between listing and rename
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", vanish_first)
+    result = folder.store_flags([1, 2], ["\\Seen"], Mode.ADD)
+    assert list(result) == [2]
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert folder.sync().expunged_uids == [1]
+
+
+def test_read_follows_a_rename_by_another_object(maildir: Maildir) -> None:
+    deliver(maildir, 1)
+    reader, writer = Folder(maildir.path), Folder(maildir.path)
+    reader.sync()
+    writer.store_flags([1], ["\\Seen"], Mode.ADD)
+    assert reader.read(1).startswith(b"Subject: m0")
+    writer.store_flags([1], ["\\Deleted"], Mode.ADD)
+    writer.expunge()
+    with pytest.raises(MessageGone):
+        reader.read(1)
+
+
+def test_expunge_only_deleted_and_only_given_uids(maildir: Maildir) -> None:
+    deliver(maildir, 4)
+    folder = Folder(maildir.path)
+    folder.sync()
+    folder.store_flags([1, 2, 3], ["\\Deleted"], Mode.ADD)
+    assert folder.expunge([2, 4]) == [2]
+    assert folder.expunge() == [1, 3]
+    assert [m.uid for m in folder.messages()] == [4]
+    assert folder.sync().expunged_uids == []  # already returned by expunge()
+    other = Folder(maildir.path)
+    assert other.sync().new_uids == [4]
+
+
+def test_append_is_durable_and_keeps_flags_and_internaldate(maildir: Maildir) -> None:
+    folder = Folder(maildir.path)
+    uid = folder.append(b"Subject: draft\n\n", ["\\Draft", "\\Seen"], internaldate=1_600_000_000)
+    assert uid == 1
+    assert os.listdir(maildir.path / "tmp") == []
+    [name] = cur_names(maildir)
+    match = NAME.match(name)
+    assert match and match["flags"] == "DS" and match["uid"] == "1"
+    assert match["base"].endswith(",S=16")
+    info = Folder(maildir.path).message(1)
+    assert info.internaldate == 1_600_000_000
+    assert info.flags == {"\\Draft", "\\Seen"}
+    assert folder.sync().new_uids == [1]  # the session learns of it through sync (EXISTS)
+
+
+def test_copy_and_move_give_uid_mappings(maildir: Maildir, tmp_path: Path) -> None:
+    deliver(maildir, 3)
+    source = Folder(maildir.path)
+    source.sync()
+    source.store_flags([2], ["\\Flagged", "$Label1"], Mode.ADD)
+    dest_box = Maildir(maildir.path / ".Archive")
+    dest_box.create()
+    dest = Folder(dest_box.path)
+    dest.append(b"already there")
+    assert source.copy([2, 3, 99], dest) == {2: 2, 3: 3}
+    assert dest.message(2).flags == {"\\Flagged", "$Label1"}
+    assert dest.read(3) == source.read(3)
+    assert os.stat(dest.message(3).path).st_ino == os.stat(source.message(3).path).st_ino  # hard link
+    assert source.move([1, 2], dest) == {1: 4, 2: 5}
+    assert [m.uid for m in source.messages()] == [3]
+    assert dest.read(4).startswith(b"Subject: m0")
+    assert os.listdir(dest_box.path / "tmp") == []
+    assert source.sync().expunged_uids == []
+    assert Folder(maildir.path).sync().new_uids == [3]
+
+
+def test_copy_falls_back_to_copying_bytes(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    deliver(maildir, 1)
+    source = Folder(maildir.path)
+    source.sync()
+    dest_box = Maildir(maildir.path / ".Other")
+    dest_box.create()
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    dest = Folder(dest_box.path)
+    assert source.copy([1], dest) == {1: 1}
+    assert dest.read(1) == source.read(1)
+    assert dest.message(1).internaldate == source.message(1).internaldate
+
+
+def test_copy_into_the_same_folder(maildir: Maildir) -> None:
+    deliver(maildir, 1)
+    folder = Folder(maildir.path)
+    folder.sync()
+    assert folder.copy([1], folder) == {1: 2}
+    assert folder.sync().new_uids == [2]
+    assert len({NAME.match(n)["base"] for n in cur_names(maildir)}) == 2
+
+
+def test_warm_sync_does_not_rescan(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    deliver(maildir, 3)
+    folder = Folder(maildir.path)
+    folder.sync()
+    listed: list[str] = []
+    real_listdir = os.listdir
+
+    def counting_listdir(path: object) -> list[str]:
+        listed.append(str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", counting_listdir)
+    assert not folder.sync()
+    assert not any(p.endswith("cur") for p in listed)  # only new/ was looked at
+    Folder(maildir.path).store_flags([1], ["\\Seen"], Mode.ADD)  # another writer
+    assert folder.sync().flag_changes == {1: (frozenset({"\\Seen"}), folder.highestmodseq)}
+    assert any(p.endswith("cur") for p in listed)
+
+
+def test_usage_counts_new_names(maildir: Maildir) -> None:
+    deliver(maildir, 2)
+    folder = Folder(maildir.path)
+    folder.sync()
+    folder.store_flags([1], ["\\Seen"], Mode.ADD)
+    sub = Maildir(maildir.path / ".Sent")
+    sub.create()
+    Folder(sub.path).append(b"12345")
+    (maildir.path / "cur" / "1.nosize.host:2,S").write_bytes(b"abc")  # no S=: stat
+    expected = sum(len(f"Subject: m{i}\n\nbody {i}\n") for i in range(2)) + 5 + 3
+    assert maildir.usage() == expected
