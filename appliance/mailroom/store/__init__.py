@@ -11,16 +11,20 @@ from .errors import (
     TooManyKeywords,
 )
 from .folder import Folder, MessageInfo, Mode, SyncResult
+from .mailbox import SPECIAL_USE, FolderInfo, Mailbox
 from .maildir import DeliveryError, Maildir, MaildirStore
 
 __all__ = [
+    "SPECIAL_USE",
     "DeliveryError",
     "Folder",
     "FolderError",
     "FolderExists",
     "FolderGone",
+    "FolderInfo",
     "InvalidFlag",
     "InvalidFolderName",
+    "Mailbox",
     "Maildir",
     "MaildirStore",
     "MessageGone",
