@@ -390,3 +390,24 @@ def test_usage_counts_new_names(maildir: Maildir) -> None:
     (maildir.path / "cur" / "1.nosize.host:2,S").write_bytes(b"abc")  # no S=: stat
     expected = sum(len(f"Subject: m{i}\n\nbody {i}\n") for i in range(2)) + 5 + 3
     assert maildir.usage() == expected
+
+
+def test_an_old_empty_new_dir_is_not_listed_but_delivery_is_seen(
+    maildir: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = Folder(maildir.path)
+    folder.sync()
+    os.utime(maildir.path / "new", (1_600_000_000, 1_600_000_000))  # empty and long unchanged
+    folder.sync()
+    listed: list[str] = []
+    real_listdir = os.listdir
+
+    def counting_listdir(path: object) -> list[str]:
+        listed.append(str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", counting_listdir)
+    assert not folder.sync()
+    assert listed == []
+    maildir.deliver(b"Subject: hello\n\n")  # the rename into new/ changes its mtime
+    assert folder.sync().new_uids == [1]

@@ -55,6 +55,7 @@ Cheap re-check
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import itertools
@@ -67,6 +68,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import attrgetter
 from pathlib import Path
 from typing import BinaryIO
 
@@ -87,6 +89,7 @@ _UID_MAX = 2**32 - 1
 _KEYWORD = re.compile(r"[!#$&'+\-./0-9:;<=>?@A-Z\[\]^_`a-z|~]+\Z")
 
 _counter = itertools.count()
+_UID = attrgetter("uid")
 
 
 class Mode(Enum):
@@ -273,6 +276,11 @@ class Folder:
         self._by_uid: dict[int, MessageInfo] = {}
         self._sorted: list[MessageInfo] | None = None
         self._reported: dict[int, MessageInfo] = {}
+        self._dirty: set[int] = set()  # UIDs added, changed or removed since the last sync()
+        self._state_path = str(self.path / STATE_FILE)
+        self._cur_path = str(self.path / "cur")
+        self._new_path = str(self.path / "new")
+        self._new_empty_at: int | None = None  # mtime of new/ when we last found it empty
         self._keywords: list[str] = []
         self._flagsets: dict[str, frozenset[str]] = {}
 
@@ -306,18 +314,21 @@ class Folder:
         """Pick up new mail and other processes' changes; report them relative to the last sync()."""
         with self._mutex:
             self._refresh()
-            before, now = self._reported, self._by_uid
-            new = [uid for uid in now if uid not in before]
-            gone = [uid for uid in before if uid not in now]
-            changed = {
-                uid: (info.flags, info.modseq)
-                for uid, info in now.items()
-                if (old := before.get(uid)) is not None
-                and old is not info
-                and (old.modseq != info.modseq or old.flags != info.flags)
-            }
-            self._reported = dict(now)
-            return SyncResult(sorted(new), sorted(gone), dict(sorted(changed.items())))
+            new, gone, changed = [], [], {}
+            for uid in sorted(self._dirty):
+                now, before = self._by_uid.get(uid), self._reported.get(uid)
+                if now is None:
+                    if before is not None:
+                        gone.append(uid)
+                        del self._reported[uid]
+                    continue
+                if before is None:
+                    new.append(uid)
+                elif before is not now and (before.modseq != now.modseq or before.flags != now.flags):
+                    changed[uid] = (now.flags, now.modseq)
+                self._reported[uid] = now
+            self._dirty.clear()
+            return SyncResult(new, gone, changed)
 
     def messages(self) -> list[MessageInfo]:
         """All messages as of the last scan, by ascending UID (call sync() to refresh)."""
@@ -326,7 +337,7 @@ class Folder:
                 self._refresh()
             if self._sorted is None:
                 self._sorted = [self._by_uid[uid] for uid in sorted(self._by_uid)]
-            return self._sorted
+            return list(self._sorted)
 
     def message(self, uid: int) -> MessageInfo:
         with self._mutex:
@@ -397,8 +408,8 @@ class Folder:
                     continue
                 renamed = True
                 fresh = self._remember(name, uid, modseq, new_letters)
-                self._forget(info)
                 self._add(fresh)
+                self._forget(info)
                 self._reported[uid] = fresh
                 result[uid] = (fresh.flags, fresh.modseq)
             if renamed:
@@ -480,37 +491,58 @@ class Folder:
         except FileNotFoundError as exc:
             raise FolderGone(f"folder {self.path} does not exist (any more)") from exc
 
-    def _is_warm(self) -> bool:
-        """True if nothing changed since the last scan: no lock, three cheap system calls."""
-        if self._snapshot is None:
-            return False
-        cur = self._check_exists()
-        if (_read_bytes(self.path / STATE_FILE), cur.st_ino, cur.st_mtime_ns) != self._snapshot:
-            return False
+    def _probe(self) -> tuple[bool, list[str]]:
+        """(state file and cur/ unchanged since our last scan, names waiting in new/): no lock.
+
+        new/ is listed unless it was empty at our last look and its mtime has not changed since;
+        that mtime is trusted only if it was over a second old when we listed, since directory
+        mtimes have the resolution of the kernel's coarse clock (a delivery in the same tick as
+        our listing would otherwise go unnoticed). Listing an emptied directory that once held
+        many entries is not free (its blocks stay allocated), hence the shortcut.
+        """
         try:
-            return not os.listdir(self.path / "new")
+            cur = os.stat(self._cur_path)
+        except FileNotFoundError as exc:
+            raise FolderGone(f"folder {self.path} does not exist (any more)") from exc
+        same = self._snapshot == (_read_bytes(self._state_path), cur.st_ino, cur.st_mtime_ns)
+        try:
+            new_mtime = os.stat(self._new_path).st_mtime_ns
         except FileNotFoundError:
-            return True
+            return same, []
+        if new_mtime == self._new_empty_at:
+            return same, []
+        now = time.time_ns()
+        arrivals = [n for n in os.listdir(self._new_path) if not n.startswith(".")]
+        self._new_empty_at = new_mtime if not arrivals and now - new_mtime > 1_000_000_000 else None
+        return same, arrivals
 
     def _refresh(self, force: bool = False) -> None:
-        if not force and self._is_warm():
+        same, arrivals = self._probe()
+        if same and not arrivals and not force:
             return
-        self._check_exists()
-        with self._locked(exclusive=False):
-            if self._refresh_locked(exclusive=False):
-                return
+        if not arrivals:
+            with self._locked(exclusive=False):
+                if self._refresh_locked(exclusive=False, force=force):
+                    return
         with self._locked(exclusive=True):
-            self._refresh_locked(exclusive=True)
+            self._refresh_locked(exclusive=True, force=force)
 
-    def _refresh_locked(self, exclusive: bool) -> bool:
-        """Rescan under the lock. Without LOCK_EX return False if repairs need it."""
-        if self._is_warm():
+    def _refresh_locked(self, exclusive: bool, force: bool = False) -> bool:
+        """Bring the listing up to date under the lock. Without LOCK_EX, return False if
+        something needs writing (new mail, names without UIDs, state to repair)."""
+        same, arrivals = self._probe()
+        if same and not force:
+            if not arrivals:
+                return True
+            if not exclusive:
+                return False
+            # cur/ is as we know it: only the new arrivals need UIDs.
+            self._assign([], arrivals, self._state_or_fail())
             return True
         raw_state = _read_bytes(self.path / STATE_FILE)
         cur_stat = self._check_exists()
         state = _State.parse(raw_state)
         names = os.listdir(self.path / "cur")
-        arrivals = [n for n in os.listdir(self.path / "new") if not n.startswith(".")]
         self._load_keywords()
 
         seen = set(names)
@@ -548,6 +580,11 @@ class Folder:
         state = _State(
             state.uidvalidity, max(state.uidnext, max_uid + 1), max(state.highestmodseq, max_modseq)
         )
+        self._assign(broken, arrivals, state)
+        return True
+
+    def _assign(self, broken: list[str], arrivals: list[str], state: _State) -> None:
+        """Give UIDs to cur/ names without one and move new/ arrivals into cur/ (LOCK_EX held)."""
         if broken or arrivals:
             uid, modseq = state.uidnext, state.highestmodseq + 1
             moved_from_new = False
@@ -568,7 +605,6 @@ class Folder:
                 fsync_dir(self.path / "new")
             state = _State(state.uidvalidity, uid, modseq)
         self._write_state(state)
-        return True
 
     def _rebuilt_state(self, max_uid: int, max_modseq: int) -> _State:
         uidvalidity = None
@@ -606,15 +642,33 @@ class Folder:
         return MessageInfo(uid, self._flagset(letters), modseq, name, self.path)
 
     def _add(self, info: MessageInfo) -> None:
+        """Add a message, or replace the one with the same UID (flag change)."""
         self._by_name[info.name] = info
         self._by_uid[info.uid] = info
-        self._sorted = None
+        self._dirty.add(info.uid)
+        listing = self._sorted
+        if listing is None:
+            return
+        if not listing or listing[-1].uid < info.uid:
+            listing.append(info)
+            return
+        at = bisect.bisect_left(listing, info.uid, key=_UID)
+        if at < len(listing) and listing[at].uid == info.uid:
+            listing[at] = info
+        else:
+            listing.insert(at, info)
 
     def _forget(self, info: MessageInfo) -> None:
         self._by_name.pop(info.name, None)
-        if self._by_uid.get(info.uid) is info:
-            del self._by_uid[info.uid]
-        self._sorted = None
+        if self._by_uid.get(info.uid) is not info:
+            return  # already replaced by a newer name of the same UID
+        del self._by_uid[info.uid]
+        self._dirty.add(info.uid)
+        listing = self._sorted
+        if listing is not None:
+            at = bisect.bisect_left(listing, info.uid, key=_UID)
+            if at < len(listing) and listing[at] is info:
+                del listing[at]
 
     def _managed(self, letter: str) -> bool:
         return letter in _LETTER_FLAGS or ("a" <= letter <= "z" and ord(letter) - 97 < len(self._keywords))
