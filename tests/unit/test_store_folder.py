@@ -134,9 +134,12 @@ def test_flags_round_trip_through_names_and_modseq_increases(maildir: Maildir) -
     assert folder.highestmodseq == modseq + 1
     # changes by another object are reported by sync(); our own are not reported again
     assert folder.sync().flag_changes == {}
+    deliver(maildir, 1)  # not yet reported to `folder`: a STORE on it must not hide it from sync()
+    folder.store_flags([3], ["\\Seen"], Mode.ADD)
+    assert folder.sync().new_uids == [3]
     other.sync()
     folder.store_flags([2], ["\\Flagged"], Mode.REMOVE)
-    assert other.sync().flag_changes == {2: (folder.message(2).flags, modseq + 2)}
+    assert other.sync().flag_changes == {2: (folder.message(2).flags, folder.highestmodseq)}
     # \Recent is a session attribute: ignored; unknown system flags are refused
     assert folder.store_flags([2], ["\\Recent"], Mode.REPLACE)[2][0] == frozenset()
     with pytest.raises(InvalidFlag):
@@ -154,6 +157,8 @@ def test_keywords_are_letters_with_a_keywords_file(maildir: Maildir) -> None:
     assert (maildir.path / "mailroom-keywords").read_text() == "0 $Junk\n1 $Forwarded\n"
     assert Folder(maildir.path).message(1).flags == {"$Junk", "\\Seen", "$Forwarded"}
     assert folder.store_flags([1], ["$junk"], Mode.REMOVE)[1][0] == {"\\Seen", "$Forwarded"}
+    assert folder.keywords == ["$Junk", "$Forwarded"]
+    folder.store_flags([1], ["NeverSet"], Mode.REMOVE)  # removing an unknown keyword defines none
     assert folder.keywords == ["$Junk", "$Forwarded"]
     folder.store_flags([1], [f"k{i}" for i in range(24)], Mode.ADD)
     assert not folder.can_create_keywords

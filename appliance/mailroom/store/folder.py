@@ -380,7 +380,7 @@ class Folder:
         result: dict[int, tuple[frozenset[str], int]] = {}
         with self._mutex, self._locked(exclusive=True):
             self._refresh_locked(exclusive=True)
-            letters = self._letters_for(flags)
+            letters = self._letters_for(flags, create=mode is not Mode.REMOVE)
             state = self._state_or_fail()
             modseq = state.highestmodseq + 1
             renamed = False
@@ -410,7 +410,8 @@ class Folder:
                 fresh = self._remember(name, uid, modseq, new_letters)
                 self._add(fresh)
                 self._forget(info)
-                self._reported[uid] = fresh
+                if uid in self._reported:  # the caller reports this change itself
+                    self._reported[uid] = fresh
                 result[uid] = (fresh.flags, fresh.modseq)
             if renamed:
                 fsync_dir(self.path / "cur")
@@ -418,7 +419,12 @@ class Folder:
         return result
 
     def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
-        """Remove the \\Deleted messages (only those among uids, if given); return their UIDs."""
+        """Remove the \\Deleted messages (only those among uids, if given); return their UIDs.
+
+        The result may include UIDs that sync() has not reported yet (new mail that arrived
+        with \\Deleted set); sync() will not report those at all, so a session announces
+        only the ones it knows.
+        """
         with self._mutex, self._locked(exclusive=True):
             self._refresh_locked(exclusive=True)
             limit = None if uids is None else set(uids)
@@ -691,8 +697,8 @@ class Folder:
                 parsed = _Parsed(name)
                 self._add(self._remember(name, info.uid, info.modseq, parsed.letters))
 
-    def _letters_for(self, flags: Iterable[str]) -> str:
-        """Map IMAP flags to info letters; new keywords get a letter (LOCK_EX held)."""
+    def _letters_for(self, flags: Iterable[str], create: bool = True) -> str:
+        """Map IMAP flags to info letters; new keywords get a letter if create (LOCK_EX held)."""
         letters = []
         keywords = list(self._keywords)
         for flag in flags:
@@ -709,6 +715,8 @@ class Folder:
             lowered = [k.lower() for k in keywords]
             if flag.lower() in lowered:
                 letters.append(chr(97 + lowered.index(flag.lower())))
+                continue
+            if not create:
                 continue
             if len(keywords) >= MAX_KEYWORDS:
                 raise TooManyKeywords(f"folder {self.path} already has {MAX_KEYWORDS} keywords")
