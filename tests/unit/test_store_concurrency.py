@@ -94,3 +94,61 @@ def test_two_writers_and_a_delivery_never_lose_or_duplicate(tmp_path: Path) -> N
         if info.uid in delivered_uids:
             assert "\\Deleted" not in info.flags
             assert final.read(info.uid).startswith(b"Message-Id: <d")
+
+
+def mover(path: str, dest: str, results: multiprocessing.Queue, done: multiprocessing.Event) -> None:
+    inbox, archive = Folder(Path(path)), Folder(Path(dest))
+    moved = 0
+    while True:
+        finished = done.is_set()
+        inbox.sync()
+        moved += len(inbox.move([m.uid for m in inbox.messages()], archive))
+        if finished:
+            break
+    results.put(("mover", moved))
+
+
+def flagger(paths: list[str], results: multiprocessing.Queue, done: multiprocessing.Event) -> None:
+    rng = random.Random(7)
+    folders = [Folder(Path(p)) for p in paths]
+    changes = 0
+    while not done.is_set():
+        folder = rng.choice(folders)
+        folder.sync()
+        uids = [m.uid for m in folder.messages()]
+        if uids:
+            changes += len(folder.store_flags(rng.sample(uids, min(3, len(uids))), ["\\Seen"], Mode.ADD))
+    results.put(("flagger", changes))
+
+
+def test_moving_out_of_inbox_during_delivery_keeps_every_message_once(tmp_path: Path) -> None:
+    box = Maildir(tmp_path / "alice")
+    box.create()
+    archive = Maildir(tmp_path / "alice" / ".Archive")
+    archive.create()
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    done = ctx.Event()
+    procs = [
+        ctx.Process(target=deliverer, args=(str(box.path), results, done)),
+        ctx.Process(target=mover, args=(str(box.path), str(archive.path), results, done)),
+        ctx.Process(target=flagger, args=([str(box.path), str(archive.path)], results, done)),
+    ]
+    for proc in procs:
+        proc.start()
+    reports = {r[0]: r for r in (results.get(timeout=120) for _ in procs)}
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+
+    inbox, archived = Folder(box.path), Folder(archive.path)
+    inbox.sync()
+    archived.sync()
+    bodies = [folder.read(m.uid) for folder in (inbox, archived) for m in folder.messages()]
+    assert sorted(bodies) == sorted(f"Message-Id: <d{i}@test>\n\nbody\n".encode() for i in range(DELIVERIES))
+    assert reports["mover"][1] == len(archived.messages())
+    for maildir in (box, archive):
+        assert os.listdir(maildir.path / "tmp") == []
+        assert os.listdir(maildir.path / "new") == []
+    uids = [m.uid for m in archived.messages()]
+    assert uids == list(range(1, len(uids) + 1))  # MOVE assigned them in order, none skipped
