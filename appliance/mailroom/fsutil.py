@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
@@ -12,6 +13,57 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class GroupSync:
+    """fsync of one directory, shared by the threads that need it at the same time (group commit).
+
+    A caller that renamed a file into the directory calls sync(); it returns
+    once an fsync that *started after* the call has completed. While one fsync
+    runs, later callers wait and the next fsync covers all of them: one fsync
+    for a batch of concurrently arriving messages instead of one each.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._requested = 0
+        self._completed = 0
+        self._running = False
+
+    def sync(self) -> None:
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while self._completed < ticket:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                batch = self._requested  # every rename before this point is covered
+                self._cond.release()
+                try:
+                    fsync_dir(self.path)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+                # Only reached when fsync succeeded; on failure the caller gets
+                # the error and the waiters try again themselves.
+                self._completed = max(self._completed, batch)
+
+
+_group_syncs: dict[Path, GroupSync] = {}
+_group_syncs_lock = threading.Lock()
+
+
+def group_sync(path: Path) -> None:
+    """fsync a directory, sharing the fsync with concurrent callers for the same directory."""
+    with _group_syncs_lock:
+        syncer = _group_syncs.get(path)
+        if syncer is None:
+            syncer = _group_syncs[path] = GroupSync(path)
+    syncer.sync()
 
 
 def write_synced(path: Path, data: bytes) -> None:

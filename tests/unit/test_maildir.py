@@ -48,3 +48,56 @@ def test_failed_rename_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytes
         box.deliver(b"Subject: x\n\n")
     assert not list((box.path / "tmp").iterdir())
     assert not list((box.path / "new").iterdir())
+
+
+def test_group_sync_covers_every_caller_with_fewer_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from mailroom import fsutil
+
+    fsyncs: list[tuple[float, float]] = []
+
+    def slow_fsync(path: Path) -> None:
+        start = time.monotonic()
+        time.sleep(0.01)
+        fsyncs.append((start, time.monotonic()))
+
+    monkeypatch.setattr(fsutil, "fsync_dir", slow_fsync)
+    syncer = fsutil.GroupSync(tmp_path)
+    calls: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        called = time.monotonic()
+        syncer.sync()
+        with lock:
+            calls.append((called, time.monotonic()))
+
+    threads = [threading.Thread(target=caller) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 40
+    assert len(fsyncs) < 40, "concurrent callers should share fsyncs"
+    for called, returned in calls:
+        # Some fsync started after the call and ended before the return.
+        assert any(start >= called and end <= returned for start, end in fsyncs)
+
+
+def test_group_sync_failure_reaches_the_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailroom import fsutil
+
+    def failing(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(fsutil, "fsync_dir", failing)
+    with pytest.raises(OSError, match="Input/output"):
+        fsutil.GroupSync(tmp_path).sync()
+    box = MaildirStore(tmp_path).mailbox("a@example.test")
+    with pytest.raises(DeliveryError, match="Input/output"):
+        box.deliver(b"Subject: x\n\n")
+    assert not list((box.path / "tmp").iterdir())

@@ -47,10 +47,16 @@ Locking
 Cheap re-check
     Every change we make bumps HIGHESTMODSEQ, so the state file's bytes change with every
     change to cur/. The warm check is: read the state file, stat cur/ (catches other Maildir
-    tools), list new/ (empty in steady state, a few microseconds). Only when something differs
-    is cur/ listed again, and only names not seen before are parsed. We list new/ instead of
-    trusting its mtime because delivery does not lock and directory mtimes are coarse (a
-    delivery in the same clock tick as our stat would not change it).
+    tools), stat new/ and list it unless it was empty with the same mtime last time (see
+    _Listing._probe). Only when something differs is cur/ listed again, and only names not
+    seen before are parsed; new arrivals alone are taken without listing cur/.
+
+Sharing within a process
+    All Folder objects of one process for one folder share one listing (about 35 MB for
+    100,000 messages); each Folder keeps only the UIDs it has reported. The listing logs the
+    UIDs it changes, and sync() reads the log from where that Folder last stopped, so a sync
+    costs in proportion to the changes, not to the folder. A Folder that fell behind a trimmed
+    log compares everything once (flag changes found by MODSEQ).
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ import shutil
 import socket
 import threading
 import time
+import weakref
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -260,23 +268,62 @@ def init_folder_dir(path: Path, uidvalidity: int) -> None:
     fsync_dir(path)
 
 
-class Folder:
-    """A Maildir folder as IMAP and POP3 see it. Synchronous; run it in a worker thread.
+_LOG_TRIM = 4096
+_LOG_MAX = 200_000
 
-    One Folder object per session: sync() reports what changed since that object's previous
-    sync(). The object may be shared between threads (an internal lock serialises its calls).
+
+class _Registry:
+    """The shared listings of this process, by (path, device, inode of cur/)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.listings: weakref.WeakValueDictionary[tuple[str, int, int], _Listing] = (
+            weakref.WeakValueDictionary()
+        )
+
+
+_registry = _Registry()
+# A child starts with no shared listings: a lock held by a thread of the parent at fork time
+# would never be released in the child.
+os.register_at_fork(after_in_child=_registry.__init__)
+
+
+def _shared_listing(path: Path) -> _Listing:
+    """The one _Listing of this process for the folder at path (while any Folder uses it)."""
+    try:
+        cur = os.stat(path / "cur")
+    except FileNotFoundError as exc:
+        raise FolderGone(f"folder {path} does not exist") from exc
+    key = (os.path.abspath(path), cur.st_dev, cur.st_ino)
+    with _registry.lock:
+        listing = _registry.listings.get(key)
+        if listing is None:
+            listing = _registry.listings[key] = _Listing(path, (cur.st_dev, cur.st_ino))
+        return listing
+
+
+class _Listing:
+    """What one process knows about one folder: the scan of cur/, the state, the keywords.
+
+    Shared by every Folder object of the process for that folder, so that many sessions on one
+    big folder hold its listing once (about 35 MB per 100,000 messages). Changes are appended
+    to a log of UIDs (version = number of changes so far) from which each Folder derives its
+    SyncResult. All access holds mutex.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, identity: tuple[int, int]) -> None:
         self.path = Path(path)
-        self._mutex = threading.RLock()
+        self.mutex = threading.RLock()
+        self.views: weakref.WeakSet[Folder] = weakref.WeakSet()
+        self.version = 0
+        self.log: list[int] = []  # UIDs touched; log[i] is change number log_base + i
+        self.log_base = 0
+        self._identity = identity
         self._state: _State | None = None
         self._snapshot: tuple[bytes | None, int, int] | None = None
         self._by_name: dict[str, MessageInfo] = {}
         self._by_uid: dict[int, MessageInfo] = {}
         self._sorted: list[MessageInfo] | None = None
-        self._reported: dict[int, MessageInfo] = {}
-        self._dirty: set[int] = set()  # UIDs added, changed or removed since the last sync()
         self._state_path = str(self.path / STATE_FILE)
         self._cur_path = str(self.path / "cur")
         self._new_path = str(self.path / "new")
@@ -284,106 +331,23 @@ class Folder:
         self._keywords: list[str] = []
         self._flagsets: dict[str, frozenset[str]] = {}
 
-    # ----------------------------------------------------------------- public, read side
+    def contains(self, uid: int) -> bool:
+        return uid in self._by_uid
 
-    @property
-    def uidvalidity(self) -> int:
-        return self._current_state().uidvalidity
-
-    @property
-    def uidnext(self) -> int:
-        return self._current_state().uidnext
-
-    @property
-    def highestmodseq(self) -> int:
-        return self._current_state().highestmodseq
-
-    @property
-    def keywords(self) -> list[str]:
-        """Keywords defined in this folder (for the FLAGS response)."""
-        with self._mutex:
-            self._refresh()
-            return list(self._keywords)
-
-    @property
-    def can_create_keywords(self) -> bool:
-        """False once all 26 keyword letters are used (PERMANENTFLAGS then lacks \\*)."""
-        return len(self.keywords) < MAX_KEYWORDS
-
-    def sync(self) -> SyncResult:
-        """Pick up new mail and other processes' changes; report them relative to the last sync()."""
-        with self._mutex:
-            self._refresh()
-            new, gone, changed = [], [], {}
-            for uid in sorted(self._dirty):
-                now, before = self._by_uid.get(uid), self._reported.get(uid)
-                if now is None:
-                    if before is not None:
-                        gone.append(uid)
-                        del self._reported[uid]
-                    continue
-                if before is None:
-                    new.append(uid)
-                elif before is not now and (before.modseq != now.modseq or before.flags != now.flags):
-                    changed[uid] = (now.flags, now.modseq)
-                self._reported[uid] = now
-            self._dirty.clear()
-            return SyncResult(new, gone, changed)
-
-    def messages(self) -> list[MessageInfo]:
-        """All messages as of the last scan, by ascending UID (call sync() to refresh)."""
-        with self._mutex:
-            if self._snapshot is None:
-                self._refresh()
-            if self._sorted is None:
-                self._sorted = [self._by_uid[uid] for uid in sorted(self._by_uid)]
-            return list(self._sorted)
-
-    def message(self, uid: int) -> MessageInfo:
-        with self._mutex:
-            info = self._by_uid.get(uid)
-            if info is None:
-                self._refresh()
-                info = self._by_uid.get(uid)
-            if info is None:
-                raise MessageGone(f"no message with UID {uid}")
-            return info
-
-    def open(self, uid: int) -> BinaryIO:
-        """Open a message for reading; follows a rename by another process (flag change)."""
-        for attempt in range(3):
-            info = self.message(uid)
-            try:
-                return open(info.path, "rb")  # the caller closes it
-            except FileNotFoundError:
-                if attempt == 2:
-                    break
-                with self._mutex:
-                    self._refresh(force=True)
-        raise MessageGone(f"message {uid} was expunged")
-
-    def read(self, uid: int) -> bytes:
-        with self.open(uid) as handle:
-            return handle.read()
-
-    # ----------------------------------------------------------------- public, write side
+    def get(self, uid: int) -> MessageInfo | None:
+        return self._by_uid.get(uid)
 
     def store_flags(
-        self, uids: Iterable[int], flags: Iterable[str], mode: Mode | str = Mode.REPLACE
-    ) -> dict[int, tuple[frozenset[str], int]]:
-        """Change flags of the existing messages among uids; return their (flags, modseq).
-
-        Changed messages share one new modseq. Messages that no longer exist are left out.
-        """
-        mode = Mode(mode)
+        self, uids: Iterable[int], flags: Iterable[str], mode: Mode
+    ) -> tuple[dict[int, tuple[frozenset[str], int]], list[MessageInfo]]:
         wanted = sorted(set(uids))
         result: dict[int, tuple[frozenset[str], int]] = {}
-        with self._mutex, self._locked(exclusive=True):
+        fresh_infos: list[MessageInfo] = []
+        with self.mutex, self._locked(exclusive=True):
             self._refresh_locked(exclusive=True)
             letters = self._letters_for(flags, create=mode is not Mode.REMOVE)
             state = self._state_or_fail()
             modseq = state.highestmodseq + 1
-            renamed = False
             for uid in wanted:
                 info = self._by_uid.get(uid)
                 if info is None:
@@ -402,89 +366,44 @@ class Folder:
                 new_letters = "".join(sorted(new))
                 name = _cur_name(parsed.base, uid, modseq, new_letters)
                 try:
-                    os.rename(self.path / "cur" / info.name, self.path / "cur" / name)
+                    os.rename(os.path.join(self._cur_path, info.name), os.path.join(self._cur_path, name))
                 except FileNotFoundError:
                     self._forget(info)  # removed by another Maildir tool
                     continue
-                renamed = True
                 fresh = self._remember(name, uid, modseq, new_letters)
                 self._add(fresh)
                 self._forget(info)
-                if uid in self._reported:  # the caller reports this change itself
-                    self._reported[uid] = fresh
+                fresh_infos.append(fresh)
                 result[uid] = (fresh.flags, fresh.modseq)
-            if renamed:
+            if fresh_infos:
                 fsync_dir(self.path / "cur")
                 self._write_state(_State(state.uidvalidity, state.uidnext, modseq))
-        return result
-
-    def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
-        """Remove the \\Deleted messages (only those among uids, if given); return their UIDs.
-
-        The result may include UIDs that sync() has not reported yet (new mail that arrived
-        with \\Deleted set); sync() will not report those at all, so a session announces
-        only the ones it knows.
-        """
-        with self._mutex, self._locked(exclusive=True):
-            self._refresh_locked(exclusive=True)
-            limit = None if uids is None else set(uids)
-            doomed = [
-                info
-                for info in self._by_uid.values()
-                if "\\Deleted" in info.flags and (limit is None or info.uid in limit)
-            ]
-            return self._remove(doomed)
-
-    def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> int:
-        """Store a message durably (tmp → fsync → rename into cur/ → fsync cur/); return its UID."""
-        tmp = self.path / "tmp" / _unique_base(len(data))
-        try:
-            write_synced(tmp, data)
-        except FileNotFoundError as exc:
-            raise FolderGone(f"folder {self.path} is gone") from exc
-        try:
-            if internaldate is not None:
-                os.utime(tmp, (internaldate, internaldate))
-            [uid] = self._adopt([(tmp, flags)])
-        finally:
-            tmp.unlink(missing_ok=True)
-        return uid
-
-    def copy(self, uids: Iterable[int], dest: Folder) -> dict[int, int]:
-        """Copy messages with their flags; return {source uid: dest uid} (for COPYUID).
-
-        Hard links where the file system allows it, else a durable copy. Messages expunged
-        meanwhile are left out.
-        """
-        staged: list[tuple[int, Path, frozenset[str]]] = []
-        try:
-            for uid in sorted(set(uids)):
-                staged_file = self._stage_into(uid, dest)
-                if staged_file is not None:
-                    staged.append(staged_file)
-            if not staged:
-                return {}
-            dest_uids = dest._adopt([(path, flags) for _, path, flags in staged])
-        finally:
-            for _, path, _ in staged:
-                path.unlink(missing_ok=True)
-        return dict(zip((uid for uid, _, _ in staged), dest_uids, strict=True))
-
-    def move(self, uids: Iterable[int], dest: Folder) -> dict[int, int]:
-        """Copy, then remove the originals (RFC 6851 MOVE); return {source uid: dest uid}."""
-        mapping = self.copy(uids, dest)
-        if mapping:
-            with self._mutex, self._locked(exclusive=True):
-                self._refresh_locked(exclusive=True)
-                self._remove([self._by_uid[uid] for uid in mapping if uid in self._by_uid])
-        return mapping
+        return result, fresh_infos
 
     # ----------------------------------------------------------------- scanning
 
-    def _current_state(self) -> _State:
-        with self._mutex:
+    def current_state(self) -> _State:
+        with self.mutex:
             self._refresh()
             return self._state_or_fail()
+
+    def messages(self) -> list[MessageInfo]:
+        with self.mutex:
+            if self._snapshot is None:
+                self._refresh()
+            if self._sorted is None:
+                self._sorted = [self._by_uid[uid] for uid in sorted(self._by_uid)]
+            return list(self._sorted)
+
+    def message(self, uid: int) -> MessageInfo:
+        with self.mutex:
+            info = self._by_uid.get(uid)
+            if info is None:
+                self._refresh()
+                info = self._by_uid.get(uid)
+            if info is None:
+                raise MessageGone(f"no message with UID {uid}")
+            return info
 
     def _state_or_fail(self) -> _State:
         if self._state is None:  # pragma: no cover - _refresh always leaves a state
@@ -493,9 +412,12 @@ class Folder:
 
     def _check_exists(self) -> os.stat_result:
         try:
-            return os.stat(self.path / "cur")
+            cur = os.stat(self._cur_path)
         except FileNotFoundError as exc:
             raise FolderGone(f"folder {self.path} does not exist (any more)") from exc
+        if (cur.st_dev, cur.st_ino) != self._identity:
+            raise FolderGone(f"folder {self.path} was replaced by another one")
+        return cur
 
     def _probe(self) -> tuple[bool, list[str]]:
         """(state file and cur/ unchanged since our last scan, names waiting in new/): no lock.
@@ -506,10 +428,7 @@ class Folder:
         our listing would otherwise go unnoticed). Listing an emptied directory that once held
         many entries is not free (its blocks stay allocated), hence the shortcut.
         """
-        try:
-            cur = os.stat(self._cur_path)
-        except FileNotFoundError as exc:
-            raise FolderGone(f"folder {self.path} does not exist (any more)") from exc
+        cur = self._check_exists()
         same = self._snapshot == (_read_bytes(self._state_path), cur.st_ino, cur.st_mtime_ns)
         try:
             new_mtime = os.stat(self._new_path).st_mtime_ns
@@ -651,7 +570,7 @@ class Folder:
         """Add a message, or replace the one with the same UID (flag change)."""
         self._by_name[info.name] = info
         self._by_uid[info.uid] = info
-        self._dirty.add(info.uid)
+        self._touch(info.uid)
         listing = self._sorted
         if listing is None:
             return
@@ -669,12 +588,30 @@ class Folder:
         if self._by_uid.get(info.uid) is not info:
             return  # already replaced by a newer name of the same UID
         del self._by_uid[info.uid]
-        self._dirty.add(info.uid)
+        self._touch(info.uid)
         listing = self._sorted
         if listing is not None:
             at = bisect.bisect_left(listing, info.uid, key=_UID)
             if at < len(listing) and listing[at] is info:
                 del listing[at]
+
+    def _touch(self, uid: int) -> None:
+        self.log.append(uid)
+        self.version += 1
+        if len(self.log) > _LOG_MAX:
+            self.trim_log(force=True)
+
+    def trim_log(self, force: bool = False) -> None:
+        """Drop change-log entries every view has seen (or, if force, the older half)."""
+        if len(self.log) < _LOG_TRIM and not force:
+            return
+        seen = [view._seen for view in self.views if view._seen is not None]
+        low = min(seen, default=self.version)
+        if force:  # a view that does not sync any more must not hold memory forever
+            low = max(low, self.version - len(self.log) // 2)
+        if low > self.log_base:
+            del self.log[: low - self.log_base]
+            self.log_base = low
 
     def _managed(self, letter: str) -> bool:
         return letter in _LETTER_FLAGS or ("a" <= letter <= "z" and ord(letter) - 97 < len(self._keywords))
@@ -730,10 +667,10 @@ class Folder:
 
     # ----------------------------------------------------------------- adding and removing
 
-    def _stage_into(self, uid: int, dest: Folder) -> tuple[int, Path, frozenset[str]] | None:
+    def stage_into(self, uid: int, dest: _Listing) -> tuple[int, Path, frozenset[str]] | None:
         """Link (or copy) one message into dest's tmp/; None if it was expunged meanwhile."""
         for attempt in range(3):
-            with self._mutex:
+            with self.mutex:
                 if attempt or uid not in self._by_uid:
                     self._refresh(force=bool(attempt))
                 info = self._by_uid.get(uid)
@@ -761,9 +698,9 @@ class Folder:
             return (uid, target, info.flags)
         return None
 
-    def _adopt(self, staged: list[tuple[Path, Iterable[str]]]) -> list[int]:
+    def adopt(self, staged: list[tuple[Path, Iterable[str]]]) -> list[int]:
         """Give files in our tmp/ UIDs and move them into cur/, durably; return the UIDs."""
-        with self._mutex, self._locked(exclusive=True):
+        with self.mutex, self._locked(exclusive=True):
             self._refresh_locked(exclusive=True)
             letters = [self._letters_for(flags) for _, flags in staged]
             state = self._state_or_fail()
@@ -779,15 +716,14 @@ class Folder:
             self._write_state(_State(state.uidvalidity, uid, modseq))
             return uids
 
-    def _remove(self, doomed: list[MessageInfo]) -> list[int]:
-        """Unlink messages (LOCK_EX held); they count as reported expunges for this object."""
+    def remove(self, doomed: list[MessageInfo]) -> list[int]:
+        """Unlink messages (LOCK_EX held); return their UIDs."""
         if not doomed:
             return []
         for info in doomed:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(info.path)
             self._forget(info)
-            self._reported.pop(info.uid, None)
         fsync_dir(self.path / "cur")
         state = self._state_or_fail()
         self._write_state(_State(state.uidvalidity, state.uidnext, state.highestmodseq + 1))
@@ -817,6 +753,236 @@ class Folder:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold this folder's exclusive lock (the mailbox uses it for DELETE and RENAME)."""
+        """Hold the folder's exclusive lock."""
         with self._locked(exclusive=True):
+            yield
+
+
+class Folder:
+    """A Maildir folder as IMAP and POP3 see it. Synchronous; run it in a worker thread.
+
+    One Folder object per session: sync() reports what changed since that object's previous
+    sync(). The listing behind it is shared by all Folder objects of the process for the same
+    folder; a Folder object costs a sorted array of the UIDs it has reported (4 bytes each).
+    A Folder object may be used from several threads.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._shared: _Listing | None = None
+        self._known = array("I")  # UIDs reported by sync() and not yet reported expunged, sorted
+        self._seen: int | None = None  # the listing's version at our last sync()
+        self._seen_modseq = 0
+        self._own: dict[int, MessageInfo] = {}  # our own flag changes since the last sync()
+
+    @property
+    def _listing(self) -> _Listing:
+        if self._shared is None:
+            shared = _shared_listing(self.path)
+            with shared.mutex:
+                shared.views.add(self)
+            self._shared = shared
+        return self._shared
+
+    # ----------------------------------------------------------------- public, read side
+
+    @property
+    def uidvalidity(self) -> int:
+        return self._listing.current_state().uidvalidity
+
+    @property
+    def uidnext(self) -> int:
+        return self._listing.current_state().uidnext
+
+    @property
+    def highestmodseq(self) -> int:
+        return self._listing.current_state().highestmodseq
+
+    @property
+    def keywords(self) -> list[str]:
+        """Keywords defined in this folder (for the FLAGS response)."""
+        listing = self._listing
+        with listing.mutex:
+            listing._refresh()
+            return list(listing._keywords)
+
+    @property
+    def can_create_keywords(self) -> bool:
+        """False once all 26 keyword letters are used (PERMANENTFLAGS then lacks \\*)."""
+        return len(self.keywords) < MAX_KEYWORDS
+
+    def sync(self) -> SyncResult:
+        """Pick up new mail and other processes' changes; report them relative to the last sync()."""
+        listing = self._listing
+        with listing.mutex:
+            listing._refresh()
+            if self._seen is None or self._seen < listing.log_base:
+                result = self._sync_all(listing)
+            else:
+                touched = sorted(set(listing.log[self._seen - listing.log_base :]))
+                new, gone, changed = [], [], {}
+                for uid in touched:
+                    info, known = listing.get(uid), self._knows(uid)
+                    if info is None:
+                        if known:
+                            gone.append(uid)
+                            self._forget(uid)
+                    elif not known:
+                        new.append(uid)
+                        self._learn(uid)
+                    elif self._own.get(uid) is not info:
+                        changed[uid] = (info.flags, info.modseq)
+                result = SyncResult(new, gone, changed)
+            self._seen = listing.version
+            self._seen_modseq = listing._state_or_fail().highestmodseq
+            self._own.clear()
+            listing.trim_log()
+            return result
+
+    def _sync_all(self, listing: _Listing) -> SyncResult:
+        """First sync, or the change log no longer reaches back to our last one: compare all."""
+        current = listing.messages()
+        known = set(self._known)
+        new = [info.uid for info in current if info.uid not in known]
+        gone = [uid for uid in self._known if not listing.contains(uid)]
+        changed = {
+            info.uid: (info.flags, info.modseq)
+            for info in current
+            if info.uid in known and info.modseq > self._seen_modseq and self._own.get(info.uid) is not info
+        }
+        self._known = array("I", (info.uid for info in current))
+        return SyncResult(new, gone, changed)
+
+    def _knows(self, uid: int) -> bool:
+        at = bisect.bisect_left(self._known, uid)
+        return at < len(self._known) and self._known[at] == uid
+
+    def _learn(self, uid: int) -> None:
+        if not self._known or self._known[-1] < uid:
+            self._known.append(uid)
+        else:
+            self._known.insert(bisect.bisect_left(self._known, uid), uid)
+
+    def _forget(self, uid: int) -> None:
+        at = bisect.bisect_left(self._known, uid)
+        if at < len(self._known) and self._known[at] == uid:
+            del self._known[at]
+
+    def messages(self) -> list[MessageInfo]:
+        """All messages of the folder by ascending UID, as of the last scan by any Folder object
+        of this process; may include some that sync() has not reported to this object yet."""
+        return self._listing.messages()
+
+    def message(self, uid: int) -> MessageInfo:
+        return self._listing.message(uid)
+
+    def open(self, uid: int) -> BinaryIO:
+        """Open a message for reading; follows a rename by another process (flag change)."""
+        listing = self._listing
+        for attempt in range(3):
+            info = listing.message(uid)
+            try:
+                return open(info.path, "rb")  # the caller closes it
+            except FileNotFoundError:
+                if attempt == 2:
+                    break
+                with listing.mutex:
+                    listing._refresh(force=True)
+        raise MessageGone(f"message {uid} was expunged")
+
+    def read(self, uid: int) -> bytes:
+        with self.open(uid) as handle:
+            return handle.read()
+
+    # ----------------------------------------------------------------- public, write side
+
+    def store_flags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: Mode | str = Mode.REPLACE
+    ) -> dict[int, tuple[frozenset[str], int]]:
+        """Change flags of the existing messages among uids; return their (flags, modseq).
+
+        Changed messages share one new modseq. Messages that no longer exist are left out.
+        The changes are not reported again by this object's next sync().
+        """
+        listing = self._listing
+        with listing.mutex:
+            result, fresh = listing.store_flags(uids, flags, Mode(mode))
+            for info in fresh:
+                if self._knows(info.uid):
+                    self._own[info.uid] = info
+            return result
+
+    def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
+        """Remove the \\Deleted messages (only those among uids, if given); return their UIDs.
+
+        The result may include UIDs that sync() has not reported yet (new mail that arrived
+        with \\Deleted set); sync() will not report those at all, so a session announces
+        only the ones it knows.
+        """
+        listing = self._listing
+        with listing.mutex, listing._locked(exclusive=True):
+            listing._refresh_locked(exclusive=True)
+            limit = None if uids is None else set(uids)
+            doomed = [
+                info
+                for info in listing.messages()
+                if "\\Deleted" in info.flags and (limit is None or info.uid in limit)
+            ]
+            removed = listing.remove(doomed)
+            for uid in removed:
+                self._forget(uid)
+            return removed
+
+    def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> int:
+        """Store a message durably (tmp → fsync → rename into cur/ → fsync cur/); return its UID."""
+        tmp = self.path / "tmp" / _unique_base(len(data))
+        try:
+            write_synced(tmp, data)
+        except FileNotFoundError as exc:
+            raise FolderGone(f"folder {self.path} is gone") from exc
+        try:
+            if internaldate is not None:
+                os.utime(tmp, (internaldate, internaldate))
+            [uid] = self._listing.adopt([(tmp, flags)])
+        finally:
+            tmp.unlink(missing_ok=True)
+        return uid
+
+    def copy(self, uids: Iterable[int], dest: Folder) -> dict[int, int]:
+        """Copy messages with their flags; return {source uid: dest uid} (for COPYUID).
+
+        Hard links where the file system allows it, else a durable copy. Messages expunged
+        meanwhile are left out. Never holds two folders' locks at once.
+        """
+        source, target = self._listing, dest._listing
+        staged: list[tuple[int, Path, frozenset[str]]] = []
+        try:
+            for uid in sorted(set(uids)):
+                staged_file = source.stage_into(uid, target)
+                if staged_file is not None:
+                    staged.append(staged_file)
+            if not staged:
+                return {}
+            dest_uids = target.adopt([(path, flags) for _, path, flags in staged])
+        finally:
+            for _, path, _ in staged:
+                path.unlink(missing_ok=True)
+        return dict(zip((uid for uid, _, _ in staged), dest_uids, strict=True))
+
+    def move(self, uids: Iterable[int], dest: Folder) -> dict[int, int]:
+        """Copy, then remove the originals (RFC 6851 MOVE); return {source uid: dest uid}."""
+        mapping = self.copy(uids, dest)
+        if mapping:
+            listing = self._listing
+            with listing.mutex, listing._locked(exclusive=True):
+                listing._refresh_locked(exclusive=True)
+                removed = listing.remove([info for uid in mapping if (info := listing.get(uid)) is not None])
+                for uid in removed:
+                    self._forget(uid)
+        return mapping
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold this folder's exclusive lock (the mailbox uses it for DELETE and RENAME)."""
+        with self._listing._locked(exclusive=True):
             yield

@@ -1,7 +1,8 @@
 """Maildir delivery, the durable way.
 
 A message is written to tmp/, fsynced, renamed into new/ and the new/ directory
-is fsynced before delivery returns. Only then may the SMTP server answer 250: a
+is fsynced before delivery returns (one directory fsync for all the messages
+arriving at the same time: group commit). Only then may the SMTP server answer 250: a
 crash at any earlier moment leaves at most a file in tmp/, never a message that
 was acknowledged and lost.
 """
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..config import split_address
-from ..fsutil import fsync_dir, write_synced
+from ..fsutil import fsync_dir, group_sync, write_synced
 
 _counter = itertools.count()
 
@@ -45,7 +46,8 @@ class Maildir:
         if (self.path / "new").is_dir():
             return
         missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
-        for sub in ("cur", "new", "tmp"):
+        # new/ last: other threads take its existence to mean the folder is complete.
+        for sub in ("cur", "tmp", "new"):
             (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         fsync_dir(self.path)
         for created in missing:
@@ -61,7 +63,8 @@ class Maildir:
             write_synced(tmp, data)
             # rename is atomic: readers see the whole message in new/ or nothing.
             os.rename(tmp, new)
-            fsync_dir(new.parent)
+            # One fsync of new/ serves all the messages renamed into it meanwhile.
+            group_sync(new.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise DeliveryError(f"cannot store message in {self.path}: {exc}") from exc
