@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from mailroom.store import Folder, InvalidFlag, Maildir, MessageGone, Mode, TooManyKeywords
+from mailroom.store import Folder, FolderGone, InvalidFlag, Maildir, MessageGone, Mode, TooManyKeywords
 from mailroom.store.folder import STATE_FILE, UIDVALIDITY_FILE
 
 NAME = re.compile(r"^(?P<base>[^:]+),U=(?P<uid>\d+),M=(?P<modseq>\d+):2,(?P<flags>[A-Za-z]*)$")
@@ -25,6 +27,13 @@ def maildir(tmp_path: Path) -> Maildir:
 
 def deliver(box: Maildir, n: int, tag: str = "m") -> list[str]:
     return [box.deliver(f"Subject: {tag}{i}\n\nbody {i}\n".encode()) for i in range(n)]
+
+
+def in_another_process(action: Callable[[], object]) -> None:
+    child = multiprocessing.get_context("fork").Process(target=action)
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
 
 
 def cur_names(box: Maildir) -> list[str]:
@@ -228,6 +237,7 @@ def test_duplicate_uids_are_reassigned(maildir: Maildir) -> None:
     copy = maildir.path / "cur" / "1000000000.copy.host,S=20,U=1,M=2:2,S"
     os.link(original, copy)
     fresh = Folder(maildir.path)
+    fresh.sync()
     assert sorted(m.uid for m in fresh.messages()) == [1, 2, 3]
     assert fresh.message(1).name == copy.name  # the lower name keeps the UID
     assert fresh.message(3).name.startswith(original.name.split(",U=")[0] + ",U=3,")
@@ -379,7 +389,7 @@ def test_warm_sync_does_not_rescan(maildir: Maildir, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(os, "listdir", counting_listdir)
     assert not folder.sync()
     assert not any(p.endswith("cur") for p in listed)  # only new/ was looked at
-    Folder(maildir.path).store_flags([1], ["\\Seen"], Mode.ADD)  # another writer
+    in_another_process(lambda: Folder(maildir.path).store_flags([1], ["\\Seen"], Mode.ADD))
     assert folder.sync().flag_changes == {1: (frozenset({"\\Seen"}), folder.highestmodseq)}
     assert any(p.endswith("cur") for p in listed)
 
@@ -416,3 +426,61 @@ def test_an_old_empty_new_dir_is_not_listed_but_delivery_is_seen(
     assert listed == []
     maildir.deliver(b"Subject: hello\n\n")  # the rename into new/ changes its mtime
     assert folder.sync().new_uids == [1]
+
+
+def test_folder_objects_of_one_process_share_the_listing_but_not_their_view(maildir: Maildir) -> None:
+    a, b = Folder(maildir.path), Folder(maildir.path)
+    deliver(maildir, 3)
+    assert a.sync().new_uids == [1, 2, 3]
+    assert a._listing is b._listing
+    assert b.sync().new_uids == [1, 2, 3]
+    a.store_flags([2], ["\\Deleted"], Mode.ADD)
+    assert not a.sync()
+    assert list(b.sync().flag_changes) == [2]
+    assert a.expunge() == [2]
+    deliver(maildir, 1)
+    assert a.sync().new_uids == b.sync().new_uids == [4]
+    assert b.sync().expunged_uids == []  # b saw the expunge in its previous sync
+    c = Folder(maildir.path)
+    assert c.sync().new_uids == [1, 3, 4]
+
+
+def test_a_lagging_view_falls_back_to_a_full_compare(
+    maildir: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailroom.store import folder as folder_module
+
+    monkeypatch.setattr(folder_module, "_LOG_TRIM", 4)
+    monkeypatch.setattr(folder_module, "_LOG_MAX", 8)
+    deliver(maildir, 3)
+    busy, idle = Folder(maildir.path), Folder(maildir.path)
+    busy.sync()
+    idle.sync()
+    for round_ in range(10):
+        busy.store_flags([1], ["\\Seen"] if round_ % 2 else [], Mode.REPLACE)
+        busy.sync()
+    busy.store_flags([3], ["\\Deleted"], Mode.ADD)
+    busy.expunge()
+    deliver(maildir, 1)
+    busy.sync()
+    assert len(busy._listing.log) <= 8
+    assert idle._seen is not None and idle._seen < idle._listing.log_base  # the log moved on
+    result = idle.sync()
+    assert result.new_uids == [4]
+    assert result.expunged_uids == [3]
+    assert list(result.flag_changes) == [1]
+
+
+def test_a_folder_replaced_under_the_same_name_is_another_folder(tmp_path: Path) -> None:
+    box = Maildir(tmp_path / ".Work")
+    box.create()
+    old = Folder(box.path)
+    old.append(b"old")
+    renamed = tmp_path / ".Gone"
+    os.rename(box.path, renamed)
+    box.create()
+    with pytest.raises(FolderGone):
+        old.sync()
+    new = Folder(box.path)
+    assert new.messages() == []
+    assert Folder(renamed).messages()[0].uid == 1
