@@ -120,7 +120,8 @@ class Handler:
         """Free bytes in the store, looked up at most once a second.
 
         statvfs on a local disk takes microseconds, less than a hand-off to a
-        worker thread would; the cache keeps it off the path of every message.
+        worker thread would; the cache keeps it off the path of every message,
+        and what is delivered meanwhile is subtracted (see handle_DATA).
         """
         now = time.monotonic()
         if now - self._free_checked_at > 1.0:
@@ -217,6 +218,8 @@ class Handler:
         except (DeliveryError, SpoolError) as exc:
             log.error("id=%s not stored: %s", queue_id, exc)
             return refuse(server, "data", replies.NOT_STORED)
+        # Until the next statvfs, count what we just wrote against the free space.
+        self._free -= len(message) * max(1, len(local))
         listener = getattr(server, "listener", "?")
         metrics.SMTP_DELIVERY_SECONDS.observe(time.monotonic() - started)
         metrics.SMTP_MESSAGES.labels(listener).inc()
