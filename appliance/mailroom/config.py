@@ -101,6 +101,8 @@ class Config:
     tls_private_key: Path | None
     smtp_max_message_size: int
     smtp_listeners: tuple[Listener, ...]
+    # smtpd processes sharing the listening sockets (one Python process uses one core).
+    smtp_workers: int = 1
     aliases: tuple[Alias, ...] = ()
     smtp_limits: SmtpLimits = field(default_factory=SmtpLimits)
     # Below this much free space in the store, MAIL FROM gets 452 4.3.1.
@@ -257,7 +259,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
         raise ConfigError("tls", "certificate and private_key go together")
 
     smtp = top.sub("smtp")
-    smtp.check_unknown({"max_message_size", "listeners", "limits"})
+    smtp.check_unknown({"max_message_size", "listeners", "limits", "workers"})
+    workers = smtp.integer("workers", 1, minimum=1, maximum=64)
     max_size = smtp.integer("max_message_size", 25 * 1024 * 1024, minimum=1024, maximum=1 << 31)
     min_free = store.integer("min_free_bytes", max_size * 3 // 2)
     limits_reader = smtp.sub("limits", {})
@@ -312,6 +315,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         tls_private_key=Path(key) if key else None,
         smtp_max_message_size=max_size,
         smtp_listeners=tuple(listeners),
+        smtp_workers=workers,
         aliases=aliases,
         smtp_limits=limits,
         min_free_bytes=min_free,
