@@ -22,6 +22,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # mx: port 25, mail from the Internet; submission: 587, STARTTLS then AUTH;
 # submissions: 465, implicit TLS then AUTH (RFC 8314).
 LISTENER_NAMES = ("mx", "submission", "submissions")
+# pop3: port 110, STLS then login (RFC 2595); pop3s: 995, implicit TLS (RFC 8314).
+POP3_LISTENER_NAMES = ("pop3", "pop3s")
 USER_STATES = ("active", "disabled")
 MAX_ALIAS_TARGETS = 1000
 
@@ -82,6 +84,16 @@ class SmtpLimits:
 
 
 @dataclass(frozen=True)
+class Pop3Limits:
+    max_errors: int = 10  # -ERR replies in one session, then the connection is closed
+    login_timeout: int = 60  # seconds waiting for a command before login
+    idle_timeout: int = 600  # seconds waiting for a command after login (RFC 1939 3: at least 10 minutes)
+    session_timeout: int = 3600  # seconds for a whole session, however busy
+    max_connections_per_ip: int = 20
+    max_connections: int = 500
+
+
+@dataclass(frozen=True)
 class Metrics:
     address: str
     port: int
@@ -109,6 +121,9 @@ class Config:
     min_free_bytes: int = 0
     queue_root: Path | None = None
     metrics: Metrics | None = None
+    # Absent pop3 section: no POP3 listeners (pop3d refuses to start).
+    pop3_listeners: tuple[Listener, ...] = ()
+    pop3_limits: Pop3Limits = field(default_factory=Pop3Limits)
     log_level: str = "info"
     source: Path | None = field(default=None, compare=False)
 
@@ -201,6 +216,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
             "tls",
             "smtp",
             "metrics",
+            "pop3",
             "log_level",
         }
     )
@@ -299,6 +315,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
             raise ConfigError("queue.root", "is required with submission listeners (mail to other domains)")
 
     metrics = _parse_metrics(top) if top.raw("metrics", None) is not None else None
+    pop3_listeners, pop3_limits = _parse_pop3(top, listeners, has_tls=cert is not None)
 
     log_level = top.string("log_level", "info")
     if log_level not in LOG_LEVELS:
@@ -321,9 +338,56 @@ def parse(data: Any, source: Path | None = None) -> Config:
         min_free_bytes=min_free,
         queue_root=queue_root,
         metrics=metrics,
+        pop3_listeners=pop3_listeners,
+        pop3_limits=pop3_limits,
         log_level=log_level,
         source=source,
     )
+
+
+def _parse_listeners(parent: _Reader, key: str, names: tuple[str, ...]) -> list[Listener]:
+    listeners: list[Listener] = []
+    for i, raw in enumerate(parent.items(key.rsplit(".", 1)[-1])):
+        entry = _Reader(raw, f"{key}[{i}]")
+        entry.check_unknown({"name", "address", "port"})
+        name = entry.string("name")
+        if name not in names:
+            raise ConfigError(entry.key("name"), f"must be one of {', '.join(names)}")
+        address = entry.string("address")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(entry.key("address"), f"{address!r} is not an IP address") from None
+        listeners.append(Listener(name, address, entry.integer("port", minimum=1, maximum=65535)))
+    return listeners
+
+
+def _parse_pop3(
+    top: _Reader, smtp_listeners: list[Listener], has_tls: bool
+) -> tuple[tuple[Listener, ...], Pop3Limits]:
+    if top.raw("pop3", None) is None:
+        return (), Pop3Limits()
+    pop3 = top.sub("pop3")
+    pop3.check_unknown({"listeners", "limits"})
+    listeners = _parse_listeners(pop3, "pop3.listeners", POP3_LISTENER_NAMES)
+    if not listeners:
+        raise ConfigError("pop3.listeners", "must list at least one listener")
+    taken = [(li.address, li.port) for li in smtp_listeners]
+    for i, listener in enumerate(listeners):
+        if (listener.address, listener.port) in taken:
+            raise ConfigError(f"pop3.listeners[{i}].port", f"{listener.port} is used by another listener")
+        taken.append((listener.address, listener.port))
+    if not has_tls:
+        raise ConfigError("tls", "pop3 listeners need a certificate: passwords travel only over TLS")
+    limits_reader = pop3.sub("limits", {})
+    limits_reader.check_unknown(set(Pop3Limits.__dataclass_fields__))
+    limits = Pop3Limits(
+        **{
+            name: limits_reader.integer(name, default, minimum=1)
+            for name, default in vars(Pop3Limits()).items()
+        }
+    )
+    return tuple(listeners), limits
 
 
 def _absolute_path(reader: _Reader, name: str, default: Any = ...) -> Path | None:

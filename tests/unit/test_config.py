@@ -127,3 +127,61 @@ def test_load_reports_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(tmp_path / "nope.yml")
     assert "cannot be read" in str(info.value)
+
+
+POP3 = {"listeners": [{"name": "pop3", "address": "0.0.0.0", "port": 110}]}
+
+
+def pop3_listener(name: str = "pop3", address: str = "0.0.0.0", port: int = 110) -> dict:
+    return {"listeners": [{"name": name, "address": address, "port": port}]}
+
+
+TLS = {"certificate": "/etc/mailroom/tls/mail.crt", "private_key": "/etc/mailroom/tls/mail.key"}
+
+
+def test_pop3_is_optional_and_parses_with_defaults() -> None:
+    assert parse(GOOD).pop3_listeners == ()
+    config = parse({**GOOD, "tls": TLS, "pop3": POP3})
+    assert [(li.name, li.port) for li in config.pop3_listeners] == [("pop3", 110)]
+    assert config.pop3_limits.idle_timeout == 600
+    limits = parse({**GOOD, "tls": TLS, "pop3": {**POP3, "limits": {"max_errors": 3}}}).pop3_limits
+    assert limits.max_errors == 3 and limits.login_timeout == 60
+
+
+@pytest.mark.parametrize(
+    ("pop3", "key", "words"),
+    [
+        ({"listeners": []}, "pop3.listeners", "at least one"),
+        (
+            {"listeners": [{"name": "imap", "address": "0.0.0.0", "port": 143}]},
+            "pop3.listeners[0].name",
+            "one of",
+        ),
+        ({"listeners": [{"name": "pop3", "address": "x", "port": 110}]}, "pop3.listeners[0].address", "IP"),
+        (
+            {"listeners": [{"name": "pop3s", "address": "0.0.0.0", "port": 0}]},
+            "pop3.listeners[0].port",
+            "between",
+        ),
+        (
+            {"listeners": [{"name": "pop3", "address": "0.0.0.0", "port": 25}]},
+            "pop3.listeners[0].port",
+            "used",
+        ),
+        ({**POP3, "limits": {"idle_timeout": 0}}, "pop3.limits.idle_timeout", ">= 1"),
+        ({**POP3, "limits": {"max_recipients": 5}}, "pop3.limits.max_recipients", "unknown key"),
+        ({**POP3, "apop": True}, "pop3.apop", "unknown key"),
+        ("yes", "pop3", "mapping"),
+    ],
+)
+def test_bad_pop3_values_name_their_key(pop3: object, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({**GOOD, "tls": TLS, "pop3": pop3})
+    assert info.value.key == key
+    assert words in info.value.problem
+
+
+def test_pop3_needs_a_certificate() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse({**GOOD, "pop3": POP3})
+    assert info.value.key == "tls"
