@@ -110,6 +110,19 @@ def smtpd(args: argparse.Namespace) -> int:
     return 0
 
 
+def pop3d(args: argparse.Namespace) -> int:
+    config = _load_for_daemon("pop3d", args.config)
+    if config is None:
+        return 1
+    if not config.pop3_listeners:
+        print(f"mailroom pop3d: {args.config}: pop3: is not configured", file=sys.stderr)
+        return 1
+    from .pop3.server import serve  # after enable_shared_metrics (see there)
+
+    serve(config)
+    return 0
+
+
 def metricsd(args: argparse.Namespace) -> int:
     config = _load_for_daemon("metricsd", args.config)
     if config is None:
@@ -162,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     smtp = commands.add_parser("smtpd", help="run the SMTP daemon in the foreground")
     smtp.add_argument("--config", default=DEFAULT_CONFIG)
     smtp.set_defaults(func=smtpd)
+
+    pop3 = commands.add_parser("pop3d", help="run the POP3 daemon in the foreground")
+    pop3.add_argument("--config", default=DEFAULT_CONFIG)
+    pop3.set_defaults(func=pop3d)
 
     metrics = commands.add_parser("metricsd", help="run the metrics endpoint (Prometheus) in the foreground")
     metrics.add_argument("--config", default=DEFAULT_CONFIG)

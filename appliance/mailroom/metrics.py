@@ -27,3 +27,16 @@ SMTP_DELIVERY_SECONDS = Histogram(
     "Time from end of DATA to durable storage",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+
+POP3_SESSIONS = Counter("mailroom_pop3_sessions", "POP3 sessions accepted", ["listener"])
+POP3_CONNECTIONS_REFUSED = Counter(
+    "mailroom_pop3_connections_refused", "POP3 connections refused by a limit", ["listener"]
+)
+POP3_TLS_SESSIONS = Counter("mailroom_pop3_tls_sessions", "POP3 sessions that went TLS", ["listener", "kind"])
+POP3_AUTH = Counter(
+    "mailroom_pop3_auth_attempts",
+    "POP3 logins by result (success, failure, locked, in_use, error)",
+    ["result"],
+)
+POP3_RETRIEVALS = Counter("mailroom_pop3_retrievals", "Messages sent by RETR")
+POP3_DELETIONS = Counter("mailroom_pop3_deletions", "Messages deleted at QUIT (UPDATE state)")
