@@ -74,7 +74,12 @@ def config_data(
         ],
         "store": {"root": str(store)},
         **({"tls": {"certificate": str(tls[0]), "private_key": str(tls[1])}} if tls else {}),
-        "smtp": {"listeners": listeners or [{"name": "mx", "address": "127.0.0.1", "port": port}], **smtp},
+        # Two workers, as on a two-core server: tests see the pre-fork daemon and its shared state.
+        "smtp": {
+            "listeners": listeners or [{"name": "mx", "address": "127.0.0.1", "port": port}],
+            "workers": 2,
+            **smtp,
+        },
         **(extra or {}),
     }
 
@@ -98,8 +103,21 @@ class Smtpd:
         self.process = start_smtpd(self.config, self.port)
 
     def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
+        kill_smtpd(self.process, self.port)
+
+
+def kill_smtpd(process: subprocess.Popen, port: int) -> None:
+    """SIGKILL the daemon and wait until its workers (which get SIGTERM) have let go of the port."""
+    process.kill()
+    process.wait(10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} still answers after the daemon was killed")
 
 
 def start_smtpd(config: Path, port: int) -> subprocess.Popen:

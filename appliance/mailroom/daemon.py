@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import errno
 import grp
 import logging
 import os
@@ -10,6 +13,7 @@ import pwd
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 from .config import Config, Listener
@@ -28,13 +32,27 @@ def setup_logging(level: str) -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
-def bind(listener: Listener) -> socket.socket:
+def bind(listener: Listener, wait: float = 10.0) -> socket.socket:
+    """Bind a listening socket; wait a little while the port is still held.
+
+    After a crash the workers of the old daemon may still be closing their
+    copies of the socket for a moment; a restart must not fail because of it.
+    """
     family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind((listener.address, listener.port))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            sock.bind((listener.address, listener.port))
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                sock.close()
+                raise
+            time.sleep(0.1)
     sock.listen(512)
     sock.setblocking(False)
     return sock
@@ -90,3 +108,76 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         await main(stop)
 
     asyncio.run(runner())
+
+
+def _die_with_parent(parent: int) -> None:
+    # PR_SET_PDEATHSIG: if the supervising parent is killed (even by SIGKILL),
+    # the workers get SIGTERM instead of holding the ports as orphans.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def run_workers(
+    count: int,
+    main: Callable[[asyncio.Event], Awaitable[None]],
+    on_start: Callable[[int], None] | None = None,
+) -> None:
+    """Run main in count forked workers sharing the already bound sockets (pre-fork).
+
+    One Python process uses one core; several workers accepting on the same
+    sockets use them all. The parent only supervises: it restarts a worker
+    that dies and passes SIGTERM/SIGINT on. With count 1 there is no fork.
+    """
+
+    def worker(index: int) -> None:
+        if on_start:
+            on_start(index)
+        run(main)
+
+    if count <= 1:
+        worker(0)
+        return
+    parent = os.getpid()
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _die_with_parent(parent)
+                worker(index)
+            except BaseException:
+                log.exception("worker %d failed", index)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = index
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for index in range(count):
+        spawn(index)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid, -1)
+        if not stopping and index >= 0:
+            log.error("worker %d (pid %d) exited with status %d; starting it again", index, pid, status)
+            time.sleep(0.2)  # a worker that dies at once must not spin
+            spawn(index)

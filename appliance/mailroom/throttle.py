@@ -1,72 +1,62 @@
 """Login throttling: escalating delays on failures, then a temporary lockout.
 
 Counted per client IP and per account, so one attacker cannot try many
-accounts and many attackers cannot hammer one account. State lives in the
-daemon process; a restart forgives (the argon2id cost still bounds guessing).
+accounts and many attackers cannot hammer one account. The counts live in a
+SharedTable, so every worker process of a daemon sees them; a restart of the
+daemon forgives (the argon2id cost still bounds guessing).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+
+from .shared import Record, SharedTable
 
 FREE_FAILURES = 3  # failures answered without delay (typos happen)
 MAX_DELAY = 8.0  # seconds before a failure is answered
 LOCKOUT_FAILURES = 10  # failures within WINDOW that lock the key out
 LOCKOUT_SECONDS = 900.0
 WINDOW = 900.0
-MAX_KEYS = 100_000  # bound the memory an attack can make us spend
 
 
-@dataclass
-class _Record:
-    failures: int = 0
-    first: float = 0.0
-    locked_until: float = 0.0
-
-
-@dataclass
 class LoginThrottle:
-    clock: object = field(default=time.monotonic)
-    _records: dict[str, _Record] = field(default_factory=dict)
+    """Records: a = failures, t1 = first failure of the window, t2 = locked until."""
 
-    def _now(self) -> float:
-        return self.clock()  # type: ignore[operator,no-any-return]
+    def __init__(self, table: SharedTable | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.table = table or SharedTable(4096)
+        self.clock = clock
 
-    def _record(self, key: str) -> _Record | None:
-        record = self._records.get(key)
-        if record and self._now() - record.first > WINDOW and record.locked_until <= self._now():
-            del self._records[key]
-            return None
+    def _current(self, key: str, now: float) -> Record:
+        record = self.table.get("login:" + key)
+        if record is None or (now - record.t1 > WINDOW and record.t2 <= now):
+            return Record(t1=now)
         return record
 
     def locked(self, *keys: str) -> bool:
         """True when any key (ip:..., user:...) is locked out right now."""
-        now = self._now()
-        return any((r := self._record(k)) is not None and r.locked_until > now for k in keys)
+        now = self.clock()
+        with self.table.locked():
+            return any(self._current(key, now).t2 > now for key in keys)
 
     def failure(self, *keys: str) -> float:
         """Count a failure for each key; return how long to wait before answering."""
-        now = self._now()
+        now = self.clock()
         delay = 0.0
-        if len(self._records) >= MAX_KEYS:
-            self._expire(now)
-        for key in keys:
-            record = self._record(key) or self._records.setdefault(key, _Record(first=now))
-            record.failures += 1
-            if record.failures >= LOCKOUT_FAILURES:
-                record.locked_until = now + LOCKOUT_SECONDS
-            extra = record.failures - FREE_FAILURES
-            if extra > 0:
-                delay = max(delay, min(MAX_DELAY, 0.5 * 2 ** (extra - 1)))
+        with self.table.locked():
+            for key in keys:
+                record = self._current(key, now)
+                record.a += 1
+                if record.a >= LOCKOUT_FAILURES:
+                    record.t2 = now + LOCKOUT_SECONDS
+                self.table.put("login:" + key, record)
+                extra = record.a - FREE_FAILURES
+                if extra > 0:
+                    delay = max(delay, min(MAX_DELAY, 0.5 * 2 ** (extra - 1)))
         return delay
 
     def success(self, *keys: str) -> None:
-        for key in keys:
-            self._records.pop(key, None)
-
-    def _expire(self, now: float) -> None:
-        for key in [k for k, r in self._records.items() if now - r.first > WINDOW and r.locked_until <= now]:
-            del self._records[key]
-        while len(self._records) >= MAX_KEYS:  # still full: forget the oldest
-            del self._records[next(iter(self._records))]
+        with self.table.locked():
+            for key in keys:
+                if self.table.get("login:" + key) is not None:
+                    self.table.put("login:" + key, Record())

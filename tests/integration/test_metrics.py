@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import config_data, free_port, start_smtpd
+from tests.conftest import config_data, free_port, kill_smtpd, start_smtpd
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -104,9 +104,7 @@ def test_counters_follow_what_happened_and_survive_a_restart(servers: dict) -> N
     assert value(samples, "mailroom_smtp_delivery_seconds_count") == 1
 
     # A crashed and restarted smtpd keeps adding to the same totals.
-    smtpd = servers["running"]["smtpd"]
-    smtpd.kill()
-    smtpd.wait(10)
+    kill_smtpd(servers["running"]["smtpd"], smtp_port)
     servers["running"]["smtpd"] = start_smtpd(servers["config"], smtp_port)
     with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
         client.sendmail("s@remote.test", ["alice@example.test"], b"Subject: two\r\n\r\nbody\r\n")

@@ -42,15 +42,30 @@ def test_success_clears_the_account_but_not_the_address() -> None:
     assert t.failure("ip:1", "user:b") > 0  # the address keeps its record
 
 
-def test_memory_is_bounded(monkeypatch: object) -> None:
-    import pytest
+def test_memory_is_bounded_and_recent_keys_survive_a_flood() -> None:
+    from mailroom.shared import SharedTable
 
-    mp = pytest.MonkeyPatch()
-    mp.setattr(throttle, "MAX_KEYS", 50)
-    try:
-        t = LoginThrottle(clock=Clock())
-        for i in range(500):
-            t.failure(f"ip:{i}")
-        assert len(t._records) <= 50
-    finally:
-        mp.undo()
+    clock = Clock()
+    table = SharedTable(64)
+    t = LoginThrottle(table, clock=clock)
+    for _ in range(throttle.LOCKOUT_FAILURES):
+        t.failure("user:victim")
+    for i in range(5000):  # a flood of other keys cannot grow the table
+        clock.now += 0.001
+        t.failure(f"ip:{i}")
+    assert table.used() <= 64
+    assert t.locked("ip:4999") is False  # one failure each: not locked
+    assert t.failure("ip:4999") == 0.0
+
+
+def test_state_is_shared_between_processes() -> None:
+    import os
+
+    t = LoginThrottle()
+    pid = os.fork()
+    if pid == 0:  # a second worker process counts failures
+        for _ in range(throttle.LOCKOUT_FAILURES):
+            t.failure("user:a")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert t.locked("user:a")

@@ -82,10 +82,12 @@ def serve(config: Config) -> None:
         "submission": SubmissionHandler(config, directory, store, spool),
     }
 
+    # Made before the workers fork, so that all of them share the counts.
+    limiter = ConnectionLimiter(config.smtp_limits, workers=config.smtp_workers)
+    throttle = LoginThrottle()
+
     async def main(stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        limiter = ConnectionLimiter(config.smtp_limits)
-        throttle = LoginThrottle()
         servers = []
         for listener, sock in sockets:
             factory = protocol_factory(config, listener, handlers, tls, limiter, directory, throttle, loop)
@@ -101,4 +103,4 @@ def serve(config: Config) -> None:
             server.close()
         await asyncio.gather(*(server.wait_closed() for server in servers))
 
-    daemon.run(main)
+    daemon.run_workers(config.smtp_workers, main, on_start=limiter.start_worker)

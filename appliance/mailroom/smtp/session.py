@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import re
 import time
-from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import Any
 
 import aiosmtpd.smtp
@@ -23,6 +24,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from .. import metrics
 from ..accounts import Directory
 from ..config import SmtpLimits
+from ..shared import Record, SharedTable
 from ..throttle import LoginThrottle
 
 log = logging.getLogger("mailroom.smtp")
@@ -74,37 +76,73 @@ def with_enhanced_code(status: str) -> str:
 
 
 class ConnectionLimiter:
-    """Connection counts and rates shared by all sessions of one daemon."""
+    """Connection counts and rates shared by all worker processes of one daemon.
 
-    def __init__(self, limits: SmtpLimits) -> None:
+    Concurrent connections are counted per worker ("conn:<worker>:<ip>",
+    "total:<worker>"), each record stamped with the worker's pid, and only the
+    records of the live incarnation of each worker are summed: a worker that
+    died with connections open leaks nothing. The rate per client address is
+    one shared record with a one-minute window.
+    """
+
+    def __init__(
+        self,
+        limits: SmtpLimits,
+        table: SharedTable | None = None,
+        workers: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limits = limits
-        self.total = 0
-        self.per_ip: dict[str, int] = defaultdict(int)
-        self.recent: dict[str, deque[float]] = defaultdict(deque)
+        self.table = table or SharedTable(16384)
+        self.workers = workers
+        self.worker = 0
+        self.clock = clock
+
+    def start_worker(self, index: int) -> None:
+        """Called in each worker process once it runs: records which pid is worker index."""
+        self.worker = index
+        with self.table.locked():
+            self.table.put(f"pid:{index}", Record(b=os.getpid()))
+
+    def _live_sum(self, prefix: str) -> int:
+        total = 0
+        for w in range(self.workers):
+            record = self.table.get(f"{prefix}:{w}")
+            owner = self.table.get(f"pid:{w}")
+            if record and owner and record.b == owner.b:
+                total += record.a
+        return total
+
+    def _mine(self, key: str) -> Record:
+        record = self.table.get(key)
+        return record if record and record.b == os.getpid() else Record(b=os.getpid())
 
     def admit(self, ip: str) -> bool:
-        now = time.monotonic()
-        recent = self.recent[ip]
-        while recent and now - recent[0] > 60:
-            recent.popleft()
-        if (
-            self.total >= self.limits.max_connections
-            or self.per_ip[ip] >= self.limits.max_connections_per_ip
-            or len(recent) >= self.limits.connection_rate_per_ip
-        ):
-            return False
-        recent.append(now)
-        self.total += 1
-        self.per_ip[ip] += 1
+        now = self.clock()
+        with self.table.locked():
+            rate = self.table.get(f"rate:{ip}")
+            if rate is None or now - rate.t1 > 60:
+                rate = Record(t1=now)
+            if (
+                self._live_sum("total") >= self.limits.max_connections
+                or self._live_sum(f"conn:{ip}") >= self.limits.max_connections_per_ip
+                or rate.a >= self.limits.connection_rate_per_ip
+            ):
+                return False
+            rate.a += 1
+            self.table.put(f"rate:{ip}", rate)
+            for key in (f"total:{self.worker}", f"conn:{ip}:{self.worker}"):
+                mine = self._mine(key)
+                mine.a += 1
+                self.table.put(key, mine)
         return True
 
     def release(self, ip: str) -> None:
-        self.total -= 1
-        self.per_ip[ip] -= 1
-        if self.per_ip[ip] <= 0:
-            del self.per_ip[ip]
-        if not self.recent.get(ip):
-            self.recent.pop(ip, None)
+        with self.table.locked():
+            for key in (f"total:{self.worker}", f"conn:{ip}:{self.worker}"):
+                mine = self._mine(key)
+                mine.a = max(0, mine.a - 1)
+                self.table.put(key, mine)
 
 
 class MailroomSMTP(SMTP):
