@@ -172,6 +172,10 @@ CASES = {
         _setting("mailroom_submission_port", 25),
         ["mailroom_submission_port (25)", "must be", "distinct TCP ports"],
     ),
+    "pop3s port clashes with the submissions port": (
+        _setting("mailroom_pop3s_port", 465),
+        ["mailroom_pop3s_port (465)", "must be distinct TCP ports"],
+    ),
     "unknown smtp limit": (
         _setting("mailroom_smtp_limits", {"max_errorz": 5}),
         ["mailroom_smtp_limits may set max_errors"],
@@ -226,6 +230,7 @@ def _aliases_quota_and_ports(group_vars: dict, tmp_path: Path) -> None:
         {"address": "@example.test", "to": "alice@example.test"},
     ]
     group_vars["mailroom_submissions_port"] = 0
+    group_vars["mailroom_pop3_port"] = 0
     group_vars["mailroom_metrics_allow"] = ["192.0.2.10/32", "2001:db8::/64"]
     group_vars["mailroom_smtp_limits"] = {"max_recipients": 50}
 
