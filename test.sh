@@ -20,7 +20,7 @@ done
 step() { printf '\n=== %s\n' "$*"; }
 
 step "Debian packages"
-packages=(python3 python3-venv openssl swaks ca-certificates)
+packages=(python3 python3-venv openssl swaks ca-certificates fetchmail getmail6)
 [ "$molecule" = 1 ] && packages+=(mmdebstrap systemd-container iptables debian-archive-keyring)
 missing=()
 for pkg in "${packages[@]}"; do
