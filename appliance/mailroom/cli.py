@@ -51,11 +51,18 @@ def password_hash(args: argparse.Namespace) -> int:
     return 0
 
 
-def accounts_list(args: argparse.Namespace) -> int:
+def _load(name: str, path: str) -> Config | None:
+    """The configuration, or None after saying on stderr what is wrong with it."""
     try:
-        config = load(args.config)
+        return load(path)
     except ConfigError as exc:
-        print(f"mailroom: {args.config}: {exc}", file=sys.stderr)
+        print(f"mailroom {name}: {path}: {exc}", file=sys.stderr)
+        return None
+
+
+def accounts_list(args: argparse.Namespace) -> int:
+    config = _load("accounts", args.config)
+    if config is None:
         return 1
     rows = [(u.address, "user", u.state, f"{u.quota_bytes}" if u.quota_bytes else "-") for u in config.users]
     rows += [
@@ -79,10 +86,8 @@ def accounts_list(args: argparse.Namespace) -> int:
 
 def accounts_test_login(args: argparse.Namespace) -> int:
     """Check a password the way the daemons do (no throttling, nothing logged)."""
-    try:
-        config = load(args.config)
-    except ConfigError as exc:
-        print(f"mailroom: {args.config}: {exc}", file=sys.stderr)
+    config = _load("accounts", args.config)
+    if config is None:
         return 1
     password = sys.stdin.readline().rstrip("\r\n")
     user = asyncio.run(Directory(config).authenticate(args.address, password))
@@ -91,12 +96,9 @@ def accounts_test_login(args: argparse.Namespace) -> int:
 
 
 def _load_for_daemon(name: str, path: str) -> Config | None:
-    try:
-        config = load(path)
-    except ConfigError as exc:
-        print(f"mailroom {name}: {path}: {exc}", file=sys.stderr)
-        return None
-    daemon.enable_shared_metrics(config)
+    config = _load(name, path)
+    if config is not None:
+        daemon.enable_shared_metrics(config)
     return config
 
 

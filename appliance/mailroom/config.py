@@ -287,19 +287,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
             for name, default in vars(SmtpLimits()).items()
         }
     )
-    listeners: list[Listener] = []
-    for i, raw in enumerate(smtp.items("listeners")):
-        entry = _Reader(raw, f"smtp.listeners[{i}]")
-        entry.check_unknown({"name", "address", "port"})
-        name = entry.string("name")
-        if name not in LISTENER_NAMES:
-            raise ConfigError(entry.key("name"), f"must be one of {', '.join(LISTENER_NAMES)}")
-        address = entry.string("address")
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            raise ConfigError(entry.key("address"), f"{address!r} is not an IP address") from None
-        listeners.append(Listener(name, address, entry.integer("port", minimum=1, maximum=65535)))
+    listeners = _parse_listeners(smtp, "smtp.listeners", LISTENER_NAMES)
     if not listeners:
         raise ConfigError("smtp.listeners", "must list at least one listener")
     ports = [(li.address, li.port) for li in listeners]

@@ -8,10 +8,17 @@ daemon forgives (the argon2id cost still bounds guessing).
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import logging
 import time
 from collections.abc import Callable
 
+from .accounts import Directory
+from .config import User
 from .shared import Record, SharedTable
+
+log = logging.getLogger("mailroom.auth")
 
 FREE_FAILURES = 3  # failures answered without delay (typos happen)
 MAX_DELAY = 8.0  # seconds before a failure is answered
@@ -60,3 +67,32 @@ class LoginThrottle:
             for key in keys:
                 if self.table.get("login:" + key) is not None:
                     self.table.put("login:" + key, Record())
+
+
+class Outcome(enum.Enum):
+    OK = "success"
+    FAILED = "failure"  # unknown user, disabled user or wrong password: the same to the client
+    LOCKED = "locked"
+
+
+async def throttled_login(
+    directory: Directory, throttle: LoginThrottle, ip: str, login: str, password: str, protocol: str
+) -> tuple[Outcome, User | None]:
+    """One login attempt as every protocol makes it: lockout check, verification, delay on failure.
+
+    The caller maps the outcome to its protocol's reply and metric. A failure is
+    answered only after the throttle's delay, so guessing gets slower and slower.
+    """
+    keys = (f"ip:{ip}", f"user:{login.lower()}")
+    if throttle.locked(*keys):
+        log.warning("%s login locked out peer=%s login=%r", protocol, ip, login)
+        return Outcome.LOCKED, None
+    user = await directory.authenticate(login, password)
+    if user is None:
+        delay = throttle.failure(*keys)
+        log.warning("%s login failed peer=%s login=%r", protocol, ip, login)
+        if delay:
+            await asyncio.sleep(delay)
+        return Outcome.FAILED, None
+    throttle.success(keys[1])
+    return Outcome.OK, user

@@ -26,7 +26,7 @@ from .. import metrics
 from ..accounts import Directory
 from ..config import Pop3Limits
 from ..store import MessageGone
-from ..throttle import LoginThrottle
+from ..throttle import LoginThrottle, Outcome, throttled_login
 from . import protocol as p
 from .maildrop import Entry, Maildrop, MaildropInUse
 
@@ -272,22 +272,16 @@ class Session:
         await self.login(*credentials, "PLAIN")
 
     async def login(self, login: str, password: str, mechanism: str) -> None:
-        keys = (f"ip:{self.peer}", f"user:{login.lower()}")
-        if self.throttle.locked(*keys):
-            metrics.POP3_AUTH.labels("locked").inc()
-            log.warning("login locked out peer=%s login=%r", self.peer, login)
-            await self.error("Too many failed logins, try again later", p.SYS_TEMP)
-            return
-        user = await self.directory.authenticate(login, password)
+        outcome, user = await throttled_login(
+            self.directory, self.throttle, self.peer, login, password, "pop3"
+        )
         if user is None:
-            metrics.POP3_AUTH.labels("failure").inc()
-            delay = self.throttle.failure(*keys)
-            log.warning("login failed peer=%s login=%r mechanism=%s", self.peer, login, mechanism)
-            if delay:
-                await asyncio.sleep(delay)
-            await self.error("Authentication failed", p.AUTH)
+            metrics.POP3_AUTH.labels(outcome.value).inc()
+            if outcome is Outcome.LOCKED:
+                await self.error("Too many failed logins, try again later", p.SYS_TEMP)
+            else:
+                await self.error("Authentication failed", p.AUTH)
             return
-        self.throttle.success(keys[1])
         try:
             maildrop = Maildrop(self.maildir_of(user.address))
             await asyncio.get_running_loop().run_in_executor(None, maildrop.open)

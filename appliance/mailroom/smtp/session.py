@@ -25,7 +25,7 @@ from .. import metrics
 from ..accounts import Directory
 from ..config import SmtpLimits
 from ..shared import Record, SharedTable
-from ..throttle import LoginThrottle
+from ..throttle import LoginThrottle, Outcome, throttled_login
 
 log = logging.getLogger("mailroom.smtp")
 
@@ -251,21 +251,14 @@ class MailroomSMTP(SMTP):
             password = auth_data.password.decode("utf-8")
         except UnicodeDecodeError:
             return AuthResult(success=False, handled=False)
-        keys = (f"ip:{self._admitted_ip}", f"user:{login.lower()}")
-        if self.throttle.locked(*keys):
-            metrics.SMTP_AUTH.labels("locked").inc()
-            log.warning("auth locked out peer=%s login=%r", self._admitted_ip, login)
+        outcome, user = await throttled_login(
+            self.directory, self.throttle, str(self._admitted_ip), login, password, "smtp"
+        )
+        metrics.SMTP_AUTH.labels(outcome.value).inc()
+        if outcome is Outcome.LOCKED:
             return AuthResult(success=False, handled=False, message=AUTH_LOCKED)
-        user = await self.directory.authenticate(login, password)
         if user is None:
-            metrics.SMTP_AUTH.labels("failure").inc()
-            delay = self.throttle.failure(*keys)
-            log.warning("auth failed peer=%s login=%r mechanism=%s", self._admitted_ip, login, mechanism)
-            if delay:
-                await asyncio.sleep(delay)
             return AuthResult(success=False, handled=False)
-        metrics.SMTP_AUTH.labels("success").inc()
-        self.throttle.success(keys[1])
         log.info("auth ok peer=%s user=%s mechanism=%s", self._admitted_ip, user.address, mechanism)
         return AuthResult(success=True, auth_data=user)
 
