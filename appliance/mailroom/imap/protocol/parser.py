@@ -153,6 +153,7 @@ class CommandParser:
                 events.append(self._error("line too long", self._tag(bytes(self._cmd + buf[:200]))))
                 self._reset()
                 self._skipping = True
+                return True
             return False
         line = bytes(buf[:end])
         del buf[: end + 2]
@@ -185,6 +186,7 @@ class CommandParser:
             else:
                 events.append(ParseError(tag, "literal too big", "TOOBIG", "BAD", fatal=True))
                 self.closed = True
+                self._buf.clear()
             return True
         self._literal_octets += size
         self._literal_left = size
