@@ -507,7 +507,9 @@ def read_command(r: Reader, tag: str) -> Command:
     reader = _READERS.get(name)
     if reader is None:
         rest = r.data[r.pos : -2]
-        return Unknown(tag, name, rest[1:] if rest.startswith(b" ") else rest)
+        if (rest and not rest.startswith(b" ")) or b"\0" in rest:
+            raise r.fail("malformed command")
+        return Unknown(tag, name, rest[1:])
     if name in _UID_COMMANDS:
         r.sp()
         cmd = reader(r, tag, uid)

@@ -163,15 +163,18 @@ class Reader:
             raise self.fail("NUL in a literal")
         return value
 
+    def literal_next(self) -> bool:
+        return self.peek() == b"{" or self.peek(2) == b"~{"
+
     def string(self) -> bytes:
         if self.peek() == b'"':
             return self.quoted()
-        if self.peek() in (b"{", b"~"):
+        if self.literal_next():
             return self.literal()
         raise self.fail("expected a string")
 
     def astring(self) -> bytes:
-        if self.peek() in (b'"', b"{", b"~"):
+        if self.peek() == b'"' or self.literal_next():
             return self.string()
         word = self._run(ASTRING_CHARS)
         if not word:
@@ -190,7 +193,7 @@ class Reader:
 
     def mailbox(self, *, pattern: bool = False) -> str:
         """A mailbox name (or a LIST pattern) as Unicode; modified UTF-7 decoded by `store.names`."""
-        if pattern and self.peek() not in (b'"', b"{", b"~"):
+        if pattern and self.peek() != b'"' and not self.literal_next():
             raw = self._run(LIST_CHARS)
             if not raw:
                 raise self.fail("expected a mailbox pattern")
