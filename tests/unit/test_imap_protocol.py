@@ -21,7 +21,11 @@ from mailroom.imap.protocol import search as s
 
 
 def parse_one(data: bytes, **kwargs) -> c.Command | ParseError:
-    events = [e for e in CommandParser(**kwargs).feed(data) if not isinstance(e, ContinuationNeeded)]
+    p = CommandParser(**kwargs)
+    events = p.feed(data)
+    while p.paused:
+        events += p.resume()
+    events = [e for e in events if not isinstance(e, ContinuationNeeded)]
     assert len(events) == 1, events
     return events[0]
 
@@ -163,21 +167,47 @@ def test_nesting_limit() -> None:
     assert isinstance(parse_one(nots, line_limit=30000), ParseError)
 
 
-def test_idle_done_and_sasl_lines() -> None:
-    """RFC 2177 3 (DONE) and RFC 3501 6.2.2 (SASL responses, "*" cancels)."""
+def test_idle_waits_for_the_server_then_reads_done() -> None:
+    """RFC 2177 3: after "+ idling" the only valid line is DONE."""
     p = CommandParser()
     assert p.feed(b"a IDLE\r\n") == [c.Idle("a")]
-    p.expect_done()
-    assert p.feed(b"done\r\n") == [IdleDone()]
-    p.expect_done()
-    [err] = p.feed(b"b NOOP\r\n")
+    assert p.paused
+    assert p.feed(b"done\r\nb NOOP\r\n") == []
+    assert p.expect_done() == [IdleDone(), c.Noop("b")]
+    assert p.feed(b"c IDLE\r\n") == [c.Idle("c")]
+    assert p.expect_done() == []
+    [err] = p.feed(b"d NOOP\r\n")
     assert isinstance(err, ParseError) and err.tag is None
+
+
+def test_refused_idle_resumes_normal_parsing() -> None:
+    """RFC 2177 3: a refused IDLE is answered and the next line is a command again."""
+    p = CommandParser()
+    assert p.feed(b"a IDLE\r\nDONE\r\n") == [c.Idle("a")]
+    [err] = p.resume()
+    assert isinstance(err, ParseError)
+
+
+def test_sasl_exchange_pauses_after_every_client_line() -> None:
+    """RFC 3501 6.2.2: each challenge gets one response line; "*" cancels."""
+    p = CommandParser()
     assert p.feed(b"a AUTHENTICATE PLAIN\r\n") == [c.Authenticate("a", "PLAIN")]
-    p.expect_sasl_response()
+    assert p.expect_sasl_response() == []
     assert p.feed(b"AGFsaWNlAHB3\r\n") == [SaslResponse(b"AGFsaWNlAHB3")]
+    assert p.paused
+    assert p.feed(b"b NOOP\r\n") == []
+    assert p.resume() == [c.Noop("b")]
+    p.feed(b"c AUTHENTICATE SCRAM-SHA-256 biwsbj1hLHI9eA==\r\n")
     p.expect_sasl_response()
     [cancel] = p.feed(b"*\r\n")
     assert cancel.cancelled
+
+
+def test_input_while_paused_is_bounded() -> None:
+    p = CommandParser(line_limit=50)
+    p.feed(b"a IDLE\r\n")
+    [err] = p.feed(b"x" * 100)
+    assert err.fatal and p.closed and p.buffered == 0
 
 
 def test_parser_stops_after_starttls_so_injected_commands_are_not_run() -> None:

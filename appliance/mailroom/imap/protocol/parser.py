@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .commands import Command, Compress, StartTLS, read_command
+from .commands import Authenticate, Command, Compress, Idle, StartTLS, read_command
 from .errors import ParseError, SyntaxProblem
 from .lexer import TAG_CHARS, Reader
 
@@ -62,15 +62,25 @@ class SaslResponse:
 Event = Command | ParseError | ContinuationNeeded | IdleDone | SaslResponse
 
 _NORMAL, _IDLE, _SASL = "normal", "idle", "sasl"
+_PAUSING = (Idle, Authenticate, StartTLS, Compress)
 
 
 class CommandParser:
     """Feed it what the socket gives; it returns what it could make of it.
 
-    `utf8` is set once the client did `ENABLE UTF8=ACCEPT` (RFC 6855). After IDLE was accepted
-    call `expect_done()`; after an AUTHENTICATE challenge, `expect_sasl_response()`. After a
-    STARTTLS or COMPRESS command the parser stops: what follows in the buffer belongs to the new
-    layer (and after STARTTLS must be dropped); `take_pending()` hands it over and resumes.
+    `utf8` is set once the client did `ENABLE UTF8=ACCEPT` (RFC 6855); `literal_limit` is
+    raised after authentication. The parser pauses where the meaning of the next line depends
+    on the server's answer, keeping what follows in its buffer:
+
+    - after IDLE: `expect_done()` if it was accepted (the next line must be DONE), else
+      `resume()`;
+    - after AUTHENTICATE and after each SASL response: `expect_sasl_response()` when a
+      challenge was sent, `resume()` when the exchange is over;
+    - after STARTTLS and COMPRESS: what follows belongs to the new layer; `take_pending()`
+      hands it over (after STARTTLS it must be dropped, RFC 7817 / CVE-2011-0411) and resumes.
+
+    Each of these returns the events of the buffered input, as `feed` does. While paused, at
+    most `line_limit` octets are kept; more is a fatal error.
     """
 
     def __init__(
@@ -99,11 +109,17 @@ class CommandParser:
     def buffered(self) -> int:
         return len(self._buf) + len(self._cmd)
 
-    def expect_done(self) -> None:
+    def expect_done(self) -> list[Event]:
         self._mode = _IDLE
+        return self.resume()
 
-    def expect_sasl_response(self) -> None:
+    def expect_sasl_response(self) -> list[Event]:
         self._mode = _SASL
+        return self.resume()
+
+    def resume(self) -> list[Event]:
+        self.paused = False
+        return self.feed(b"")
 
     def take_pending(self) -> bytes:
         data = bytes(self._buf)
@@ -115,8 +131,9 @@ class CommandParser:
         if self.closed:
             return []
         if self.paused:
-            room = max(0, self.line_limit - len(self._buf))
-            self._buf += data[:room]
+            if len(self._buf) + len(data) > self.line_limit:
+                return [self._close(ParseError(None, "input while waiting for the server", fatal=True))]
+            self._buf += data
             return []
         self._buf += data
         events: list[Event] = []
@@ -124,6 +141,12 @@ class CommandParser:
             if not self._step(events):
                 break
         return events
+
+    def _close(self, error: ParseError) -> ParseError:
+        self.closed = True
+        self._buf.clear()
+        self._reset()
+        return error
 
     # -- framing -------------------------------------------------------------------------------
     def _reset(self) -> None:
@@ -184,9 +207,7 @@ class CommandParser:
             if sync:
                 events.append(ParseError(tag, "literal too big", "TOOBIG", "NO"))
             else:
-                events.append(ParseError(tag, "literal too big", "TOOBIG", "BAD", fatal=True))
-                self.closed = True
-                self._buf.clear()
+                events.append(self._close(ParseError(tag, "literal too big", "TOOBIG", "BAD", fatal=True)))
             return True
         self._literal_octets += size
         self._literal_left = size
@@ -197,6 +218,7 @@ class CommandParser:
     def _special_line(self, line: bytes) -> Event:
         mode, self._mode = self._mode, _NORMAL
         if mode == _SASL:
+            self.paused = True
             return SaslResponse(line)
         if line.upper() == b"DONE":
             return IdleDone()
@@ -214,7 +236,7 @@ class CommandParser:
             return ParseError(tag, exc.message, exc.code, exc.status)
         except (RecursionError, ValueError, IndexError) as exc:  # a bug, not a crash
             return ParseError(tag, f"unparsable command ({type(exc).__name__})")
-        if isinstance(cmd, (StartTLS, Compress)):
+        if isinstance(cmd, _PAUSING):
             self.paused = True
         return cmd
 
