@@ -266,6 +266,8 @@ def test_select_examine_condstore_qresync() -> None:
 def test_mailbox_names_are_modified_utf7() -> None:
     """RFC 3501 5.1.3, decoded by the store's codec; INBOX is case-insensitive (5.1)."""
     assert roundtrip(b"a CREATE Entw&APw-rfe.2024\r\n") == c.Create("a", "Entwürfe.2024")
+    assert roundtrip(b"a CREATE Drafts (USE (\\Drafts))\r\n").special_use == ("\\Drafts",)  # RFC 6154 5.2
+    assert isinstance(parse_one(b"a CREATE Drafts (USE (Drafts))\r\n"), ParseError)
     assert roundtrip(b'a DELETE "My Folder"\r\n') == c.Delete("a", "My Folder")
     assert roundtrip(b"a RENAME iNbOx Old\r\n") == c.Rename("a", "INBOX", "Old")
     assert roundtrip(b"a SUBSCRIBE {3}\r\na b\r\n") == c.Subscribe("a", "a b")
@@ -313,6 +315,14 @@ def test_append() -> None:
     assert isinstance(parse_one(b'a APPEND INBOX "31-Feb-2024 00:00:00 +0000" {1+}\r\nx\r\n'), ParseError)
     assert isinstance(parse_one(b"a APPEND INBOX hello\r\n"), ParseError)
     assert isinstance(parse_one(b"a LOGIN ~{1+}\r\nx y\r\n"), ParseError)
+    assert isinstance(parse_one(b"a APPEND INBOX\r\n"), ParseError)
+
+
+def test_multiappend() -> None:
+    """RFC 3502 6.3.11: several messages in one APPEND."""
+    cmd = roundtrip(b"a APPEND Sent {1+}\r\nx (\\Seen) {2+}\r\nyz ~{1+}\r\n\0\r\n")
+    assert [m.message for m in cmd.messages] == [b"x", b"yz", b"\0"]
+    assert cmd.messages[1].flags == ("\\Seen",) and cmd.messages[2].binary
 
 
 def test_search_every_rfc3501_key() -> None:

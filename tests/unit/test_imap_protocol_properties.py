@@ -104,6 +104,13 @@ def _list(tag, ref, pats, sel, ret, status):
     return c.List(tag, ref, pats, sel, ret, status)
 
 
+append_messages = st.builds(
+    c.AppendMessage,
+    st.none() | flag_tuples,
+    st.none() | date_times,
+    st.binary(max_size=40),
+    st.booleans(),
+).filter(lambda a: a.binary or b"\0" not in a.message)
 status_items = st.lists(st.sampled_from(sorted(c.STATUS_ITEMS)), min_size=1, max_size=3).map(tuple)
 commands = st.one_of(
     st.builds(lambda t, k: k(t), tags, st.sampled_from(sorted(c._NO_ARGS.values(), key=str))),
@@ -151,14 +158,20 @@ commands = st.one_of(
     st.builds(c.Lsub, tags, mailboxes, mailboxes),
     st.builds(c.Status, tags, mailboxes, status_items),
     st.builds(
-        c.Append,
+        lambda t, m, first, more: c.Append(
+            t, m, first.flags, first.internal_date, first.message, first.binary, tuple(more)
+        ),
         tags,
         mailboxes,
-        st.none() | flag_tuples,
-        st.none() | date_times,
-        st.binary(max_size=40),
-        st.booleans(),
-    ).filter(lambda a: a.binary or b"\0" not in a.message),
+        append_messages,
+        st.lists(append_messages, max_size=2),
+    ),
+    st.builds(
+        c.Create,
+        tags,
+        mailboxes,
+        st.none() | st.lists(atoms.map(lambda a: "\\" + a), min_size=1, max_size=2).map(tuple),
+    ),
     st.builds(
         c.Search,
         tags,

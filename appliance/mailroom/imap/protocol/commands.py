@@ -226,31 +226,46 @@ class Examine(Select):
 
 
 @dataclass(frozen=True, slots=True)
-class Create(Command):
+class MailboxCommand(Command):
+    """A command whose only argument is a mailbox name."""
+
     mailbox: str = ""
-    NAME = "CREATE"
 
     def _args(self) -> bytes:
         return lexer.mailbox(self.mailbox)
 
 
 @dataclass(frozen=True, slots=True)
-class Delete(Create):
+class Create(MailboxCommand):
+    """CREATE, with the USE parameter of RFC 6154 5.2 (CREATE-SPECIAL-USE)."""
+
+    special_use: tuple[str, ...] | None = None
+    NAME = "CREATE"
+
+    def _args(self) -> bytes:
+        out = lexer.mailbox(self.mailbox)
+        if self.special_use is not None:
+            out += b" (USE " + lexer.flag_list(self.special_use) + b")"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Delete(MailboxCommand):
     NAME = "DELETE"
 
 
 @dataclass(frozen=True, slots=True)
-class Subscribe(Create):
+class Subscribe(MailboxCommand):
     NAME = "SUBSCRIBE"
 
 
 @dataclass(frozen=True, slots=True)
-class Unsubscribe(Create):
+class Unsubscribe(MailboxCommand):
     NAME = "UNSUBSCRIBE"
 
 
 @dataclass(frozen=True, slots=True)
-class GetQuotaRoot(Create):
+class GetQuotaRoot(MailboxCommand):
     NAME = "GETQUOTAROOT"
 
 
@@ -324,28 +339,54 @@ class Status(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """One message of an APPEND; `binary` when it came as a literal8 (RFC 3516 4.4)."""
+
+    flags: tuple[str, ...] | None = None
+    internal_date: dt.datetime | None = None
+    message: bytes = b""
+    binary: bool = False
+
+    def to_bytes(self) -> bytes:
+        out = b""
+        if self.flags is not None:
+            out += lexer.flag_list(self.flags) + b" "
+        if self.internal_date is not None:
+            out += lexer.date_time(self.internal_date) + b" "
+        return out + (b"~" if self.binary else b"") + lexer.literal(self.message)
+
+    def __repr__(self) -> str:
+        return (
+            f"AppendMessage(flags={self.flags!r}, internal_date={self.internal_date!r}, "
+            f"message=<{len(self.message)} octets>, binary={self.binary!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Append(Command):
-    """APPEND; `binary` when the message came as a literal8 (RFC 3516 4.4)."""
+    """APPEND of one message, or several with MULTIAPPEND (RFC 3502): see `messages`."""
 
     mailbox: str = ""
     flags: tuple[str, ...] | None = None
     internal_date: dt.datetime | None = None
     message: bytes = b""
     binary: bool = False
+    more: tuple[AppendMessage, ...] = ()
     NAME = "APPEND"
 
+    @property
+    def messages(self) -> tuple[AppendMessage, ...]:
+        first = AppendMessage(self.flags, self.internal_date, self.message, self.binary)
+        return (first, *self.more)
+
     def _args(self) -> bytes:
-        out = lexer.mailbox(self.mailbox)
-        if self.flags is not None:
-            out += b" " + lexer.flag_list(self.flags)
-        if self.internal_date is not None:
-            out += b" " + lexer.date_time(self.internal_date)
-        return out + b" " + (b"~" if self.binary else b"") + lexer.literal(self.message)
+        return lexer.mailbox(self.mailbox) + b"".join(b" " + m.to_bytes() for m in self.messages)
 
     def __repr__(self) -> str:
         return (
             f"Append(tag={self.tag!r}, mailbox={self.mailbox!r}, flags={self.flags!r}, "
-            f"internal_date={self.internal_date!r}, message=<{len(self.message)} octets>)"
+            f"internal_date={self.internal_date!r}, message=<{len(self.message)} octets>, "
+            f"binary={self.binary!r}, more={self.more!r})"
         )
 
 
@@ -623,8 +664,20 @@ def _read_seq_match(r: Reader) -> tuple[SequenceSet, SequenceSet]:
     return seqs, uids
 
 
-def _read_mailbox_only(cls: type[Create]) -> Callable[[Reader, str], Create]:
+def _read_mailbox_only(cls: type[MailboxCommand]) -> Callable[[Reader, str], MailboxCommand]:
     return lambda r, tag: cls(tag, r.mailbox())
+
+
+def _read_create(r: Reader, tag: str) -> Create:
+    mailbox = r.mailbox()
+    use = None
+    if r.take(b" "):
+        r.expect(b"(USE ", "(USE")
+        use = r.flag_list()
+        if not use or not all(f.startswith("\\") for f in use):
+            raise r.fail("USE takes special-use attributes")
+        r.expect(b")")
+    return Create(tag, mailbox, use)
 
 
 def _read_getquota(r: Reader, tag: str) -> GetQuota:
@@ -705,7 +758,16 @@ def _read_status(r: Reader, tag: str) -> Status:
 
 def _read_append(r: Reader, tag: str) -> Append:
     mailbox = r.mailbox()
-    r.sp()
+    messages = []
+    while r.take(b" "):
+        messages.append(_read_append_message(r))
+    if not messages:
+        raise r.fail("APPEND needs a message")
+    first, *more = messages
+    return Append(tag, mailbox, first.flags, first.internal_date, first.message, first.binary, tuple(more))
+
+
+def _read_append_message(r: Reader) -> AppendMessage:
     flags = None
     date = None
     if r.peek() == b"(":
@@ -715,7 +777,7 @@ def _read_append(r: Reader, tag: str) -> Append:
         date = r.date_time()
         r.sp()
     binary = r.peek() == b"~"
-    return Append(tag, mailbox, flags, date, r.literal(binary=True), binary)
+    return AppendMessage(flags, date, r.literal(binary=True), binary)
 
 
 def _read_charset(r: Reader) -> str:
@@ -833,7 +895,7 @@ _READERS: dict[str, Callable[..., Command]] = {
     "ID": _read_id,
     "SELECT": _read_select(Select),
     "EXAMINE": _read_select(Examine),
-    "CREATE": _read_mailbox_only(Create),
+    "CREATE": _read_create,
     "DELETE": _read_mailbox_only(Delete),
     "SUBSCRIBE": _read_mailbox_only(Subscribe),
     "UNSUBSCRIBE": _read_mailbox_only(Unsubscribe),
