@@ -224,6 +224,8 @@ class Mailroom(Server):
             "domains": ["example.test"],
             "users": [{"address": RECIPIENT, "password_hash": hashed}],
             "store": {"root": str(self.store)},
+            # Its own runtime state: never the host appliance's /run/mailroom.
+            "runtime_dir": str(self.store.parent / "run"),
             "smtp": {
                 "listeners": [{"name": "mx", "address": "127.0.0.1", "port": self.port}],
                 "workers": self.workers,

@@ -73,6 +73,8 @@ def config_data(
             for a in USERS
         ],
         "store": {"root": str(store)},
+        # Each test daemon has its own runtime state (login throttling), not the host's.
+        "runtime_dir": str(store.parent / "run"),
         **({"tls": {"certificate": str(tls[0]), "private_key": str(tls[1])}} if tls else {}),
         # Two workers, as on a two-core server: tests see the pre-fork daemon and its shared state.
         "smtp": {

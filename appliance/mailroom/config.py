@@ -124,6 +124,8 @@ class Config:
     # Absent pop3 section: no POP3 listeners (pop3d refuses to start).
     pop3_listeners: tuple[Listener, ...] = ()
     pop3_limits: Pop3Limits = field(default_factory=Pop3Limits)
+    # Runtime state shared by the daemons (login throttling); a tmpfs, emptied at boot.
+    runtime_dir: Path = Path("/run/mailroom")
     log_level: str = "info"
     source: Path | None = field(default=None, compare=False)
 
@@ -217,6 +219,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
             "smtp",
             "metrics",
             "pop3",
+            "runtime_dir",
             "log_level",
         }
     )
@@ -305,6 +308,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
     metrics = _parse_metrics(top) if top.raw("metrics", None) is not None else None
     pop3_listeners, pop3_limits = _parse_pop3(top, listeners, has_tls=cert is not None)
 
+    runtime_dir = _absolute_path(top, "runtime_dir", "/run/mailroom")
+    assert runtime_dir is not None
     log_level = top.string("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
@@ -328,6 +333,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         metrics=metrics,
         pop3_listeners=pop3_listeners,
         pop3_limits=pop3_limits,
+        runtime_dir=runtime_dir,
         log_level=log_level,
         source=source,
     )

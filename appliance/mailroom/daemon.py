@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .config import Config, Listener
+from .shared import SharedTable
+from .throttle import LoginThrottle
 
 log = logging.getLogger("mailroom")
 
@@ -71,13 +73,26 @@ def drop_privileges(user: str, group: str) -> None:
 
 
 def ensure_store_root(config: Config) -> None:
-    """Create the store and queue roots for the daemon user while we are still root."""
-    for root in (config.store_root, config.queue_root):
+    """Create the store, queue and runtime directories for the daemon user while we are still root."""
+    for root in (config.store_root, config.queue_root, config.runtime_dir):
         if root is None:
             continue
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if os.geteuid() == 0:
             os.chown(root, pwd.getpwnam(config.run_as_user).pw_uid, grp.getgrnam(config.run_as_group).gr_gid)
+
+
+def login_throttle(config: Config) -> LoginThrottle:
+    """The login throttle every daemon of the host shares (a table in the runtime directory).
+
+    Called while still root: the file is opened and mapped now and handed to the
+    daemon user, whichever daemon made it first.
+    """
+    path = config.runtime_dir / "login-throttle"
+    throttle = LoginThrottle(SharedTable(4096, path=path))
+    if os.geteuid() == 0:
+        os.chown(path, pwd.getpwnam(config.run_as_user).pw_uid, grp.getgrnam(config.run_as_group).gr_gid)
+    return throttle
 
 
 def enable_shared_metrics(config: Config) -> None:

@@ -24,8 +24,10 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 _SLOT = struct.Struct("<Qqqdd")  # key hash (0: free), a, b, t1, t2
+_HEADER = 16  # the hash salt
 PROBE = 32
 
 
@@ -38,13 +40,34 @@ class Record:
 
 
 class SharedTable:
-    def __init__(self, slots: int = 16384) -> None:
+    def __init__(self, slots: int = 16384, path: Path | None = None) -> None:
+        """An anonymous table (shared with forked children), or one in a file at path.
+
+        A file-backed table is shared by every process that opens the same path:
+        smtpd and pop3d share their login throttling that way. The file holds the
+        hash salt in its first bytes, so all of them hash keys alike.
+        """
         self.slots = slots
-        self._mem = mmap.mmap(-1, slots * _SLOT.size)  # MAP_SHARED | MAP_ANONYMOUS
-        self._salt = secrets.token_bytes(16)  # keys hash unpredictably: no chosen collisions
-        lock_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the table
-        self._lock_file = lock_file
         self._thread_lock = threading.Lock()
+        size = _HEADER + slots * _SLOT.size
+        if path is None:
+            self._lock_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the table
+            self._mem = mmap.mmap(-1, size)  # MAP_SHARED | MAP_ANONYMOUS
+            self._mem[:_HEADER] = secrets.token_bytes(_HEADER)
+        else:
+            path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_file = os.fdopen(fd, "r+b")
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_size != size:  # new, or from a build with another layout
+                    os.ftruncate(fd, 0)
+                    os.ftruncate(fd, size)
+                    os.pwrite(fd, secrets.token_bytes(_HEADER), 0)
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN)
+            self._mem = mmap.mmap(fd, size)
+        self._salt = bytes(self._mem[:_HEADER])  # keys hash unpredictably: no chosen collisions
 
     def _hash(self, key: str) -> int:
         digest = hashlib.blake2b(key.encode(), digest_size=8, key=self._salt).digest()
@@ -68,7 +91,7 @@ class SharedTable:
         oldest, oldest_t = start, float("inf")
         for i in range(PROBE):
             slot = (start + i) % self.slots
-            key, _, _, t1, _ = _SLOT.unpack_from(self._mem, slot * _SLOT.size)
+            key, _, _, t1, _ = _SLOT.unpack_from(self._mem, _HEADER + slot * _SLOT.size)
             if key == h:
                 return slot, True
             if key == 0 and free < 0:
@@ -82,17 +105,21 @@ class SharedTable:
         slot, found = self._find(self._hash(key))
         if not found:
             return None
-        _, a, b, t1, t2 = _SLOT.unpack_from(self._mem, slot * _SLOT.size)
+        _, a, b, t1, t2 = _SLOT.unpack_from(self._mem, _HEADER + slot * _SLOT.size)
         return Record(a, b, t1, t2)
 
     def put(self, key: str, record: Record) -> None:
         """Store a record (call inside locked())."""
         h = self._hash(key)
         slot, _ = self._find(h)
-        _SLOT.pack_into(self._mem, slot * _SLOT.size, h, record.a, record.b, record.t1, record.t2)
+        _SLOT.pack_into(self._mem, _HEADER + slot * _SLOT.size, h, record.a, record.b, record.t1, record.t2)
 
     def used(self) -> int:
-        return sum(1 for slot in range(self.slots) if _SLOT.unpack_from(self._mem, slot * _SLOT.size)[0] != 0)
+        return sum(
+            1
+            for slot in range(self.slots)
+            if _SLOT.unpack_from(self._mem, _HEADER + slot * _SLOT.size)[0] != 0
+        )
 
 
 def pid_alive(pid: int) -> bool:

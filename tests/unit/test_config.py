@@ -185,3 +185,10 @@ def test_pop3_needs_a_certificate() -> None:
     with pytest.raises(ConfigError) as info:
         parse({**GOOD, "pop3": POP3})
     assert info.value.key == "tls"
+
+
+def test_runtime_dir_defaults_and_must_be_absolute() -> None:
+    assert str(parse(GOOD).runtime_dir) == "/run/mailroom"
+    assert str(parse({**GOOD, "runtime_dir": "/tmp/x/run"}).runtime_dir) == "/tmp/x/run"
+    with pytest.raises(ConfigError, match="absolute"):
+        parse({**GOOD, "runtime_dir": "run"})

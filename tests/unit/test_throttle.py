@@ -69,3 +69,22 @@ def test_state_is_shared_between_processes() -> None:
         os._exit(0)
     os.waitpid(pid, 0)
     assert t.locked("user:a")
+
+
+def test_a_table_file_is_shared_by_separate_daemons(tmp_path: object) -> None:
+    import os
+    from pathlib import Path
+
+    from mailroom.shared import SharedTable
+
+    path = Path(str(tmp_path)) / "run" / "login-throttle"
+    pid = os.fork()
+    if pid == 0:  # another daemon (say pop3d) opens the same file on its own
+        other = LoginThrottle(SharedTable(256, path=path))
+        for _ in range(throttle.LOCKOUT_FAILURES):
+            other.failure("user:shared")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    mine = LoginThrottle(SharedTable(256, path=path))  # smtpd, opened later
+    assert mine.locked("user:shared")
+    assert not mine.locked("user:other")

@@ -17,7 +17,6 @@ from .. import daemon, metrics
 from ..accounts import Directory
 from ..config import Config, Listener, Pop3Limits
 from ..store import MaildirStore
-from ..throttle import LoginThrottle
 from ..tls import server_context
 from . import protocol
 from .session import TLS_HANDSHAKE_TIMEOUT, Session
@@ -57,6 +56,7 @@ def serve(config: Config) -> None:
     tls = server_context(config.tls_certificate, config.tls_private_key)
     daemon.ensure_store_root(config)
     sockets = [(listener, daemon.bind(listener)) for listener in config.pop3_listeners]
+    throttle = daemon.login_throttle(config)
     daemon.drop_privileges(config.run_as_user, config.run_as_group)
     directory = Directory(config)
     store = MaildirStore(config.store_root)
@@ -66,7 +66,6 @@ def serve(config: Config) -> None:
 
     async def main(stop: asyncio.Event) -> None:
         limiter = ConnectionLimiter(config.pop3_limits)
-        throttle = LoginThrottle()
         sessions: set[asyncio.Task[None]] = set()
 
         def handler(listener: Listener) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:

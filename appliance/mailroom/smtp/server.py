@@ -73,6 +73,7 @@ def serve(config: Config) -> None:
     )
     daemon.ensure_store_root(config)
     sockets = [(listener, daemon.bind(listener)) for listener in config.smtp_listeners]
+    throttle = daemon.login_throttle(config)
     daemon.drop_privileges(config.run_as_user, config.run_as_group)
     directory = Directory(config)
     store = MaildirStore(config.store_root)
@@ -84,7 +85,6 @@ def serve(config: Config) -> None:
 
     # Made before the workers fork, so that all of them share the counts.
     limiter = ConnectionLimiter(config.smtp_limits, workers=config.smtp_workers)
-    throttle = LoginThrottle()
 
     async def main(stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
