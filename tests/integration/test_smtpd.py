@@ -82,18 +82,23 @@ def test_null_sender_is_accepted(smtpd: Smtpd) -> None:
         ("alice@elsewhere.test", 550, "5.7.1"),
         ('"alice@elsewhere.test"@example.test', 550, "5.1.1"),
         ("alice%elsewhere.test@example.test", 550, "5.1.1"),
-        ("@example.test:alice@elsewhere.test", 553, "5.1.3"),
+        # A source route: Python's address parser refuses it (553 5.1.3) or strips the route
+        # to alice@elsewhere.test (550 5.7.1), depending on the 3.11 patch release.
+        ("@example.test:alice@elsewhere.test", (553, 550), ("5.1.3", "5.7.1")),
         ("elsewhere.test!alice@example.test", 550, "5.1.1"),
     ],
 )
 def test_recipients_are_checked_at_rcpt_and_nothing_is_relayed(
-    smtpd: Smtpd, recipient: str, code: int, enhanced: str
+    smtpd: Smtpd, recipient: str, code: int | tuple, enhanced: str | tuple
 ) -> None:
+    accepted = set(
+        zip(*((code, enhanced) if isinstance(code, tuple) else ((code,), (enhanced,))), strict=True)
+    )
     with smtplib.SMTP("127.0.0.1", smtpd.port, timeout=10) as client:
         client.ehlo("client.remote.test")
         assert client.mail("")[0] == 250
         reply_code, reply = client.rcpt(recipient)
-        assert (reply_code, reply.decode().split()[0]) == (code, enhanced)
+        assert (reply_code, reply.decode().split()[0]) in accepted
         # With no accepted recipient, DATA must not be accepted either.
         assert client.docmd("DATA")[0] == 503
     assert not smtpd.store.exists() or not any(smtpd.store.rglob("new/*"))
