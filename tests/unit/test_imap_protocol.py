@@ -156,6 +156,7 @@ def test_eight_bit_in_quoted_strings_only_with_utf8() -> None:
     assert isinstance(parse_one(line), ParseError)
     assert parse_one(line, utf8=True) == c.Select("a", "Entwürfe")
     assert isinstance(parse_one(b'a SELECT "\xff"\r\n', utf8=True), ParseError)
+    assert parse_one(b"a CREATE Tom&Jerry\r\n", utf8=True) == c.Create("a", "Tom&Jerry")
 
 
 def test_nesting_limit() -> None:

@@ -287,7 +287,9 @@ def _make(build, fail):
 
 
 def decode_mailbox(raw: bytes, *, utf8: bool, fail=SyntaxProblem) -> str:
-    if utf8 and any(b >= 0x80 for b in raw):
+    """Wire form → Unicode: modified UTF-7 (RFC 3501 5.1.3), or after ENABLE UTF8=ACCEPT plain
+    UTF-8 in which "&" is an ordinary character (RFC 6855 3)."""
+    if utf8:
         try:
             name = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -130,7 +130,7 @@ def read_key(r: Reader) -> SearchKey:
     if name in STRING_KEYS:
         return Key(name, (r.astring(),))
     if name in KEYWORD_KEYS:
-        return Key(name, (r.flag(),))
+        return Key(name, (r.atom("a keyword"),))
     if name in DATE_KEYS:
         return Key(name, (r.date(),))
     if name in NUMBER_KEYS:
