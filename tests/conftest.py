@@ -6,6 +6,7 @@ import getpass
 import grp
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -122,10 +123,11 @@ def kill_smtpd(process: subprocess.Popen, port: int) -> None:
     raise RuntimeError(f"port {port} still answers after the daemon was killed")
 
 
-def start_smtpd(config: Path, port: int) -> subprocess.Popen:
+def start_daemon(command: str, config: Path, port: int) -> subprocess.Popen:
+    """Start `mailroom COMMAND --config CONFIG` and wait until it accepts connections on port."""
     with open(config.with_suffix(".log"), "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mailroom.cli", "smtpd", "--config", str(config)],
+            [sys.executable, "-m", "mailroom.cli", command, "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
@@ -133,7 +135,7 @@ def start_smtpd(config: Path, port: int) -> subprocess.Popen:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"smtpd exited with {process.returncode}: {config.with_suffix('.log').read_text()}"
+                f"{command} exited with {process.returncode}: {config.with_suffix('.log').read_text()}"
             )
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -141,7 +143,19 @@ def start_smtpd(config: Path, port: int) -> subprocess.Popen:
         except OSError:
             time.sleep(0.05)
     process.kill()
-    raise RuntimeError("smtpd did not start listening")
+    raise RuntimeError(f"{command} did not start listening")
+
+
+def start_smtpd(config: Path, port: int) -> subprocess.Popen:
+    return start_daemon("smtpd", config, port)
+
+
+def insecure() -> ssl.SSLContext:
+    """A client context for the tests' self-signed certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def make_smtpd(tmp_path: Path, tls: tuple[Path, Path] | None, **smtp: object) -> Smtpd:

@@ -11,7 +11,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,39 +21,14 @@ import pytest
 import yaml
 
 from mailroom.store import Folder, Maildir
-from tests.conftest import PASSWORD, config_data, free_port
+from tests.conftest import PASSWORD, config_data, free_port, insecure, start_daemon
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 
 
-def insecure() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def start_pop3d(config: Path, port: int) -> subprocess.Popen:
-    with open(config.with_suffix(".log"), "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailroom.cli", "pop3d", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"pop3d exited with {process.returncode}: {config.with_suffix('.log').read_text()}"
-            )
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("pop3d did not start listening")
+    return start_daemon("pop3d", config, port)
 
 
 @dataclass

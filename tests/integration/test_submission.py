@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import smtplib
 import socket
-import ssl
 import subprocess
 import time
 import uuid
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from mailroom.queue import Spool
-from tests.conftest import PASSWORD, config_data, free_port, start_smtpd
+from tests.conftest import PASSWORD, config_data, free_port, insecure, start_smtpd
 
 
 @dataclass
@@ -60,13 +59,6 @@ def server(tmp_path: Path, tls_files: tuple[Path, Path]) -> Iterator[Server]:
     yield Server(mx, sub, subs, store, queue, process)
     process.terminate()
     process.wait(10)
-
-
-def insecure() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def message(sender: str, to: str) -> EmailMessage:
