@@ -2,8 +2,9 @@
 
 Counted per client IP and per account, so one attacker cannot try many
 accounts and many attackers cannot hammer one account. The counts live in a
-SharedTable, so every worker process of a daemon sees them; a restart of the
-daemon forgives (the argon2id cost still bounds guessing).
+SharedTable: the daemons map one file in their runtime directory, so every
+worker of every protocol sees the same counts, and a daemon restart forgives
+nothing (a reboot does: the runtime directory is a tmpfs).
 """
 
 from __future__ import annotations
