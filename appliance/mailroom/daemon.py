@@ -12,13 +12,16 @@ import os
 import pwd
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from .config import Config, Listener
 from .shared import SharedTable
 from .throttle import LoginThrottle
+from .tls import server_context
 
 log = logging.getLogger("mailroom")
 
@@ -93,6 +96,35 @@ def login_throttle(config: Config) -> LoginThrottle:
     if os.geteuid() == 0:
         os.chown(path, pwd.getpwnam(config.run_as_user).pw_uid, grp.getgrnam(config.run_as_group).gr_gid)
     return throttle
+
+
+@dataclass
+class Started:
+    """What a protocol daemon holds once it has given up root."""
+
+    tls: ssl.SSLContext | None
+    sockets: list[tuple[Listener, socket.socket]]
+    throttle: LoginThrottle
+
+
+def start_as_root(config: Config, listeners: tuple[Listener, ...]) -> Started:
+    """Everything a protocol daemon does as root, in one order for all of them.
+
+    Logging, the TLS context (the key may be readable by root only), the
+    directories, the listening sockets and the shared login throttle; then
+    privileges are dropped for good, before a single connection is served.
+    """
+    setup_logging(config.log_level)
+    tls = (
+        server_context(config.tls_certificate, config.tls_private_key)
+        if config.tls_certificate and config.tls_private_key
+        else None
+    )
+    ensure_store_root(config)
+    sockets = [(listener, bind(listener)) for listener in listeners]
+    throttle = login_throttle(config)
+    drop_privileges(config.run_as_user, config.run_as_group)
+    return Started(tls, sockets, throttle)
 
 
 def enable_shared_metrics(config: Config) -> None:

@@ -17,7 +17,6 @@ from .. import daemon, metrics
 from ..accounts import Directory
 from ..config import Config, Listener, Pop3Limits
 from ..store import MaildirStore
-from ..tls import server_context
 from . import protocol
 from .session import TLS_HANDSHAKE_TIMEOUT, Session
 
@@ -51,13 +50,9 @@ class ConnectionLimiter:
 
 def serve(config: Config) -> None:
     """Bind as root, drop privileges, then serve until told to stop."""
-    daemon.setup_logging(config.log_level)
-    assert config.tls_certificate and config.tls_private_key  # config.py requires them with pop3
-    tls = server_context(config.tls_certificate, config.tls_private_key)
-    daemon.ensure_store_root(config)
-    sockets = [(listener, daemon.bind(listener)) for listener in config.pop3_listeners]
-    throttle = daemon.login_throttle(config)
-    daemon.drop_privileges(config.run_as_user, config.run_as_group)
+    started = daemon.start_as_root(config, config.pop3_listeners)
+    tls, sockets, throttle = started.tls, started.sockets, started.throttle
+    assert tls is not None  # config.py requires a certificate with pop3
     directory = Directory(config)
     store = MaildirStore(config.store_root)
 

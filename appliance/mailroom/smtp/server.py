@@ -17,7 +17,6 @@ from ..config import Config, Listener
 from ..queue import Spool
 from ..store import MaildirStore
 from ..throttle import LoginThrottle
-from ..tls import server_context
 from .handler import Handler, InboundHandler, SubmissionHandler
 from .session import ConnectionLimiter, MailroomSMTP
 
@@ -65,16 +64,8 @@ def protocol_factory(
 
 def serve(config: Config) -> None:
     """Bind as root, drop privileges, then serve until told to stop."""
-    daemon.setup_logging(config.log_level)
-    tls = (
-        server_context(config.tls_certificate, config.tls_private_key)
-        if config.tls_certificate and config.tls_private_key
-        else None
-    )
-    daemon.ensure_store_root(config)
-    sockets = [(listener, daemon.bind(listener)) for listener in config.smtp_listeners]
-    throttle = daemon.login_throttle(config)
-    daemon.drop_privileges(config.run_as_user, config.run_as_group)
+    started = daemon.start_as_root(config, config.smtp_listeners)
+    tls, sockets, throttle = started.tls, started.sockets, started.throttle
     directory = Directory(config)
     store = MaildirStore(config.store_root)
     spool = Spool(config.queue_root) if config.queue_root else None
