@@ -101,3 +101,17 @@ def test_group_sync_failure_reaches_the_caller(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(DeliveryError, match="Input/output"):
         box.deliver(b"Subject: x\n\n")
     assert not list((box.path / "tmp").iterdir())
+
+
+def test_usage_is_recounted_when_the_maildir_changes(tmp_path: Path) -> None:
+    box = MaildirStore(tmp_path).mailbox("a@example.test")
+    assert box.usage() == 0
+    first = box.deliver(b"x" * 100)
+    assert box.usage() == 100
+    assert box.usage() == 100  # cached: nothing changed
+    sent = box.path / ".Sent" / "cur"
+    sent.mkdir(parents=True)
+    (sent / "1.M1P1Q1.host,S=50:2,S").write_bytes(b"y" * 50)
+    assert box.usage() == 150  # a new folder is seen
+    (box.path / "new" / first).unlink()  # expunged by another process
+    assert box.usage() == 50

@@ -71,19 +71,41 @@ class Maildir:
         return name
 
     def usage(self) -> int:
-        """Bytes of mail in this Maildir and its Maildir++ folders (from the S= in file names)."""
+        """Bytes of mail in this Maildir and its Maildir++ folders (from the S= in file names).
+
+        Listing every file is O(messages); the total is kept per process and
+        recounted only when a new/ or cur/ directory changed (its mtime), which
+        any delivery, flag change or expunge does.
+        """
+        subdirs = [
+            folder / sub
+            for folder in (self.path, *(p for p in self.path.glob(".*") if p.is_dir()))
+            for sub in ("new", "cur")
+        ]
+        signature = []
+        for subdir in subdirs:
+            try:
+                signature.append((str(subdir), subdir.stat().st_mtime_ns))
+            except FileNotFoundError:
+                continue
+        key = tuple(signature)
+        cached = _usage_cache.get(self.path)
+        if cached and cached[0] == key:
+            return cached[1]
         total = 0
-        folders = [self.path] + [p for p in self.path.glob(".*") if p.is_dir()]
-        for folder in folders:
-            for sub in ("new", "cur"):
-                try:
-                    entries = os.scandir(folder / sub)
-                except FileNotFoundError:
-                    continue
-                with entries:
-                    for entry in entries:
-                        total += _size_of(entry)
+        for subdir, _ in signature:
+            try:
+                entries = os.scandir(subdir)
+            except FileNotFoundError:
+                continue
+            with entries:
+                for entry in entries:
+                    total += _size_of(entry)
+        _usage_cache[self.path] = (key, total)
         return total
+
+
+_usage_cache: dict[Path, tuple[tuple[tuple[str, int], ...], int]] = {}
 
 
 def _size_of(entry: os.DirEntry[str]) -> int:
