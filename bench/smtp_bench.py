@@ -169,13 +169,25 @@ class Server:
     def pids(self) -> list[int]:
         raise NotImplementedError
 
+    # Lines of the server's log that count as problems; log and _log_offset are set by start().
+    problem_pattern = re.compile(r"$^")
+    log: Path
+    _log_offset = 0
+
     def problems(self) -> list[str]:
-        """Errors the server logged during the last run (read from its log)."""
-        return []
+        """Errors the server logged during the last run (its log from where the run began)."""
+        try:
+            with open(self.log, encoding="utf-8", errors="replace") as log:
+                log.seek(self._log_offset)
+                text = log.read()
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines() if self.problem_pattern.search(line)]
 
 
 class Mailroom(Server):
     name = "Mailroom"
+    problem_pattern = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback|refused|not stored")
 
     def __init__(self, root: Path, python: Path, log_level: str, workers: int = 1) -> None:
         super().__init__(root)
@@ -302,18 +314,11 @@ class Mailroom(Server):
     def pids(self) -> list[int]:
         return [self.process.pid, *descendants(self.process.pid)] if self.process else []
 
-    def problems(self) -> list[str]:
-        try:
-            with open(self.log, encoding="utf-8", errors="replace") as log:
-                log.seek(self._log_offset)
-                text = log.read()
-        except FileNotFoundError:
-            return []
-        keep = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback|refused|not stored")
-        return [line for line in text.splitlines() if keep.search(line)]
-
 
 class Postfix(Server):
+    problem_pattern = re.compile(
+        r"(warning|error|fatal|panic|reject|status=(deferred|bounced))", re.IGNORECASE
+    )
     name = "Postfix"
 
     def __init__(self, root: Path) -> None:
@@ -453,16 +458,6 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             return " | ".join(self.log.read_text(errors="replace").splitlines()[-5:])
         except FileNotFoundError:
             return ""
-
-    def problems(self) -> list[str]:
-        try:
-            with open(self.log, encoding="utf-8", errors="replace") as log:
-                log.seek(self._log_offset)
-                text = log.read()
-        except FileNotFoundError:
-            return []
-        keep = re.compile(r"(warning|error|fatal|panic|reject|status=(deferred|bounced))", re.IGNORECASE)
-        return [line for line in text.splitlines() if keep.search(line)]
 
     def deferred(self) -> int:
         return sum(len(files) for _, _, files in os.walk(self.queue / "deferred"))
