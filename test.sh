@@ -42,8 +42,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 export PYTHONDONTWRITEBYTECODE=1
 
 step "ruff"
-ruff check appliance tests
-ruff format --check appliance tests
+ruff check appliance tests bench molecule
+ruff format --check appliance tests bench molecule
 
 step "yamllint"
 yamllint -s .
