@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import smtplib
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +125,75 @@ def test_only_get_metrics_from_allowed_addresses(servers: dict) -> None:
     ) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 403")
+
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "monitoring" / "prometheus"
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed"
+)
+def test_alert_rules_are_valid_and_their_unit_tests_pass() -> None:
+    for args in (["check", "rules", "mailroom-alerts.yml"], ["test", "rules", "mailroom-alerts.test.yml"]):
+        result = subprocess.run(["promtool", *args], cwd=RULES, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus (Debian package) not installed")
+def test_a_real_prometheus_scrapes_metricsd_and_loads_the_rules(servers: dict, tmp_path: Path) -> None:
+    prom_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES / "mailroom-alerts.yml")],
+                "scrape_configs": [
+                    {
+                        "job_name": "mailroom",
+                        "static_configs": [{"targets": [f"127.0.0.1:{servers['metrics']}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    prometheus = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    api = f"http://127.0.0.1:{prom_port}/api/v1"
+
+    def query(expr: str) -> list[dict]:
+        url = f"{api}/query?query={urllib.parse.quote(expr)}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())["data"]["result"]
+
+    try:
+        with smtplib.SMTP("127.0.0.1", servers["smtp"], timeout=10) as client:
+            client.sendmail("s@remote.test", ["alice@example.test"], b"Subject: p\r\n\r\nbody\r\n")
+        deadline = time.monotonic() + 30
+        result: list[dict] = []
+        while time.monotonic() < deadline:
+            try:
+                result = query('mailroom_smtp_messages_accepted_total{job="mailroom",listener="mx"}')
+            except (OSError, urllib.error.URLError, KeyError):
+                result = []
+            if result and float(result[0]["value"][1]) >= 1:
+                break
+            time.sleep(0.5)
+        assert result and float(result[0]["value"][1]) == 1, result
+        assert float(query('up{job="mailroom"}')[0]["value"][1]) == 1
+        with urllib.request.urlopen(f"{api}/rules", timeout=5) as response:
+            groups = json.loads(response.read())["data"]["groups"]
+        rules = {rule["name"]: rule["health"] for group in groups for rule in group["rules"]}
+        assert "MailroomDown" in rules and set(rules.values()) == {"ok"}, rules
+    finally:
+        prometheus.terminate()
+        prometheus.wait(20)
