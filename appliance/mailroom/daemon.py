@@ -166,6 +166,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+QUICK_DEATH_SECONDS = 5.0
+QUICK_DEATHS_ALLOWED = 5
+
+
 def run_workers(
     count: int,
     main: Callable[[asyncio.Event], Awaitable[None]],
@@ -216,15 +220,31 @@ def run_workers(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    started: dict[int, float] = {}
+    quick_deaths: dict[int, int] = {}
     for index in range(count):
         spawn(index)
+        started[index] = time.monotonic()
     while children:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             break
         index = children.pop(pid, -1)
-        if not stopping and index >= 0:
-            log.error("worker %d (pid %d) exited with status %d; starting it again", index, pid, status)
-            time.sleep(0.2)  # a worker that dies at once must not spin
-            spawn(index)
+        if stopping or index < 0:
+            continue
+        log.error("worker %d (pid %d) exited with status %d; starting it again", index, pid, status)
+        # A worker that keeps dying right after its start will not get better by
+        # itself: give up, so that supervisor (with its own backoff) sees the failure.
+        quick = time.monotonic() - started[index] < QUICK_DEATH_SECONDS
+        quick_deaths[index] = quick_deaths.get(index, 0) + 1 if quick else 0
+        if quick_deaths[index] >= QUICK_DEATHS_ALLOWED:
+            log.critical("worker %d keeps failing at start; stopping the daemon", index)
+            stop(signal.SIGTERM, None)
+            for remaining in list(children):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(remaining, 0)
+            raise SystemExit(1)
+        time.sleep(0.2)  # a worker that dies at once must not spin
+        spawn(index)
+        started[index] = time.monotonic()
