@@ -102,6 +102,23 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """Outbound delivery (deliveryd): resolver, remote port, timeouts, retries."""
+
+    resolver_address: str | None = None  # None: the system resolver (/etc/resolv.conf)
+    resolver_port: int = 53
+    remote_port: int = 25
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0  # per reply (RFC 5321 4.5.3.2 allows 5 to 10 minutes)
+    # Seconds between attempts; the last one repeats until max_age.
+    retry_schedule: tuple[float, ...] = (300, 600, 1800, 3600, 7200, 14400)
+    max_age: float = 5 * 86400  # then the message is given up and bounced
+    concurrency: int = 20  # deliveries (connections) at the same time
+    scan_interval: float = 5.0  # seconds between looks at the spool for new entries
+    max_received_headers: int = 30  # more: a mail loop, failed permanently
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     domains: tuple[str, ...]
@@ -127,6 +144,7 @@ class Config:
     # Runtime state shared by the daemons (login throttling); a tmpfs, emptied at boot.
     runtime_dir: Path = Path("/run/mailroom")
     log_level: str = "info"
+    delivery: Delivery = field(default_factory=Delivery)
     source: Path | None = field(default=None, compare=False)
 
 
@@ -221,6 +239,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
             "pop3",
             "runtime_dir",
             "log_level",
+            "delivery",
         }
     )
 
@@ -335,6 +354,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         pop3_limits=pop3_limits,
         runtime_dir=runtime_dir,
         log_level=log_level,
+        delivery=_parse_delivery(top),
         source=source,
     )
 
@@ -416,6 +436,68 @@ def _parse_metrics(top: _Reader) -> Metrics:
         reader.integer("port", 9154, minimum=1, maximum=65535),
         tuple(str(n) for n in allow),
         state_dir,
+    )
+
+
+def _number(reader: _Reader, name: str, default: float, minimum: float, maximum: float) -> float:
+    value = reader.raw(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(reader.key(name), f"must be a number of seconds, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(reader.key(name), f"must be between {minimum} and {maximum}, got {value}")
+    return float(value)
+
+
+def _parse_delivery(top: _Reader) -> Delivery:
+    reader = top.sub("delivery", {})
+    reader.check_unknown(
+        {
+            "resolver",
+            "remote_port",
+            "connect_timeout",
+            "command_timeout",
+            "retry_schedule",
+            "max_age",
+            "concurrency",
+            "scan_interval",
+            "max_received_headers",
+        }
+    )
+    defaults = Delivery()
+    resolver_address: str | None = None
+    resolver_port = 53
+    if reader.raw("resolver", None) is not None:
+        resolver = reader.sub("resolver")
+        resolver.check_unknown({"address", "port"})
+        resolver_address = resolver.string("address")
+        try:
+            ipaddress.ip_address(resolver_address)
+        except ValueError:
+            raise ConfigError(resolver.key("address"), f"{resolver_address!r} is not an IP address") from None
+        resolver_port = resolver.integer("port", 53, minimum=1, maximum=65535)
+    schedule = reader.items("retry_schedule", list(defaults.retry_schedule))
+    if not schedule:
+        raise ConfigError(reader.key("retry_schedule"), "must list at least one interval")
+    intervals: list[float] = []
+    for i, value in enumerate(schedule):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 7 * 86400:
+            raise ConfigError(
+                f"{reader.key('retry_schedule')}[{i}]", f"must be seconds between 0 and 604800, got {value!r}"
+            )
+        intervals.append(float(value))
+    return Delivery(
+        resolver_address=resolver_address,
+        resolver_port=resolver_port,
+        remote_port=reader.integer("remote_port", defaults.remote_port, minimum=1, maximum=65535),
+        connect_timeout=_number(reader, "connect_timeout", defaults.connect_timeout, 0.1, 600),
+        command_timeout=_number(reader, "command_timeout", defaults.command_timeout, 0.1, 3600),
+        retry_schedule=tuple(intervals),
+        max_age=_number(reader, "max_age", defaults.max_age, 1, 30 * 86400),
+        concurrency=reader.integer("concurrency", defaults.concurrency, minimum=1, maximum=1000),
+        scan_interval=_number(reader, "scan_interval", defaults.scan_interval, 0.05, 3600),
+        max_received_headers=reader.integer(
+            "max_received_headers", defaults.max_received_headers, minimum=5, maximum=1000
+        ),
     )
 
 
