@@ -125,6 +125,19 @@ def pop3d(args: argparse.Namespace) -> int:
     return 0
 
 
+def deliveryd(args: argparse.Namespace) -> int:
+    config = _load_for_daemon("deliveryd", args.config)
+    if config is None:
+        return 1
+    if config.queue_root is None:
+        print(f"mailroom deliveryd: {args.config}: queue.root: is not configured", file=sys.stderr)
+        return 1
+    from .delivery import serve  # after enable_shared_metrics (see there)
+
+    serve(config)
+    return 0
+
+
 def metricsd(args: argparse.Namespace) -> int:
     config = _load_for_daemon("metricsd", args.config)
     if config is None:
@@ -181,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     pop3 = commands.add_parser("pop3d", help="run the POP3 daemon in the foreground")
     pop3.add_argument("--config", default=DEFAULT_CONFIG)
     pop3.set_defaults(func=pop3d)
+
+    delivery = commands.add_parser("deliveryd", help="run the outbound delivery daemon in the foreground")
+    delivery.add_argument("--config", default=DEFAULT_CONFIG)
+    delivery.set_defaults(func=deliveryd)
 
     metrics = commands.add_parser("metricsd", help="run the metrics endpoint (Prometheus) in the foreground")
     metrics.add_argument("--config", default=DEFAULT_CONFIG)

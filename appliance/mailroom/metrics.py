@@ -9,7 +9,7 @@ without it (tests, admin commands) the metrics simply live in the process.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 SMTP_CONNECTIONS = Counter("mailroom_smtp_connections", "SMTP connections accepted", ["listener"])
 SMTP_CONNECTIONS_REFUSED = Counter(
@@ -40,3 +40,30 @@ POP3_AUTH = Counter(
 )
 POP3_RETRIEVALS = Counter("mailroom_pop3_retrievals", "Messages sent by RETR")
 POP3_DELETIONS = Counter("mailroom_pop3_deletions", "Messages deleted at QUIT (UPDATE state)")
+
+# Outbound delivery (deliveryd). Outcomes per recipient: delivered, deferred,
+# failed (5xx or no route), expired (gave up after delivery.max_age), local.
+DELIVERY_RECIPIENTS = Counter(
+    "mailroom_delivery_recipients", "Delivery attempts per recipient by outcome", ["outcome"]
+)
+DELIVERY_DEFERRALS = Counter(
+    "mailroom_delivery_deferrals",
+    "Temporary delivery failures by reason (dns, connect, timeout, tls, connection, protocol, smtp_4xx, ...)",
+    ["reason"],
+)
+DELIVERY_BOUNCES = Counter("mailroom_delivery_bounces", "Delivery status notifications queued")
+# Set on every scan of the spool by the one deliveryd process; livesum/livemax
+# count only live processes, so a dead deliveryd leaves no stale value.
+DELIVERY_QUEUE_MESSAGES = Gauge(
+    "mailroom_delivery_queue_messages", "Entries in the outbound spool", multiprocess_mode="livesum"
+)
+DELIVERY_QUEUE_OLDEST_SECONDS = Gauge(
+    "mailroom_delivery_queue_oldest_age_seconds",
+    "Age of the oldest entry in the outbound spool",
+    multiprocess_mode="livemax",
+)
+DELIVERY_SECONDS = Histogram(
+    "mailroom_delivery_latency_seconds",
+    "Time from arrival in the spool to acceptance by the remote MTA",
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400),
+)

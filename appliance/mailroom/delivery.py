@@ -1,0 +1,360 @@
+"""deliveryd: drains the outbound spool to the remote MTAs.
+
+Each entry (ID.msg + ID.env, see queue/spool.py) gets a state file (ID.state,
+queue/scheduler.py) with every recipient's progress. Recipients are grouped by
+domain; each domain is routed (queue/routing.py) and delivered in one SMTP
+session (queue/client.py). 2xx: delivered; 5xx: failed; 4xx or no answer:
+deferred with backoff until delivery.max_age. Failed recipients get one DSN
+(queue/bounce.py) to the envelope sender, never to the null sender. An entry
+whose recipients are all settled is removed.
+
+Recipients in our own domains are delivered to the local Maildirs (the smtpd
+expands aliases before queueing, so these are mostly our own bounces).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import defaultdict
+
+from . import daemon, metrics
+from .accounts import Directory
+from .config import Config, split_address
+from .fsutil import fsync_dir
+from .queue.bounce import Failure, build_dsn
+from .queue.client import ConnectionFailed, Reply, safe_address, send
+from .queue.routing import RouteError, Router, make_resolver
+from .queue.scheduler import DELIVERED, FAILED, PENDING, State, StateStore, defer, settle
+from .queue.spool import Envelope, Spool, SpoolError
+from .store.maildir import DeliveryError, MaildirStore
+
+log = logging.getLogger("mailroom.delivery")
+
+RECEIVED_RE = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
+DEBRIS_AGE = 3600  # a .msg without .env older than this is left over from a crash
+
+
+def count_received(message: bytes) -> int:
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[: end + 2]
+    return len(RECEIVED_RE.findall(head))
+
+
+class Deliverer:
+    def __init__(self, config: Config) -> None:
+        assert config.queue_root is not None
+        self.config = config
+        self.settings = config.delivery
+        self.spool = Spool(config.queue_root)
+        self.spool.create()
+        self.states = StateStore(self.spool.incoming, self.spool.tmp)
+        self.directory = Directory(config)
+        self.store = MaildirStore(config.store_root)
+        self.router = Router(make_resolver(self.settings))
+        self.sessions = asyncio.Semaphore(self.settings.concurrency)
+        self.next_due: dict[str, float] = {}
+        self.inflight: dict[str, asyncio.Task[None]] = {}
+
+    # -- the spool ---------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Remove what a crash may have left: state files of removed entries, old half-written ones."""
+        now = time.time()
+        live = set(self.spool.entries())
+        for path in self.spool.incoming.iterdir():
+            queue_id, _, suffix = path.name.rpartition(".")
+            if queue_id in live:
+                continue
+            try:
+                if suffix == "state" or (suffix == "msg" and now - path.stat().st_mtime > DEBRIS_AGE):
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def remove(self, queue_id: str) -> None:
+        # The .env first: without it the entry no longer exists, whatever else a crash leaves.
+        (self.spool.incoming / f"{queue_id}.env").unlink(missing_ok=True)
+        fsync_dir(self.spool.incoming)
+        for suffix in (".msg", ".state"):
+            (self.spool.incoming / f"{queue_id}{suffix}").unlink(missing_ok=True)
+
+    def scan(self) -> list[str]:
+        ids = self.spool.entries()
+        metrics.DELIVERY_QUEUE_MESSAGES.set(len(ids))
+        oldest = 0.0
+        if ids:
+            with contextlib.suppress(ValueError):
+                oldest = max(0.0, time.time() - int(ids[0][:8], 16))
+        metrics.DELIVERY_QUEUE_OLDEST_SECONDS.set(oldest)
+        for gone in set(self.next_due) - set(ids):
+            del self.next_due[gone]
+        return ids
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.sweep()
+        log.info("deliveryd started: spool %s", self.spool.root)
+        while not stop.is_set():
+            now = time.time()
+            for queue_id in self.scan():
+                if queue_id in self.inflight or self.next_due.get(queue_id, 0) > now:
+                    continue
+                if len(self.inflight) >= 4 * self.settings.concurrency:
+                    break
+                task = asyncio.create_task(self.process(queue_id))
+                self.inflight[queue_id] = task
+                task.add_done_callback(lambda _t, q=queue_id: self.inflight.pop(q, None))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.scan_interval)
+        for task in list(self.inflight.values()):
+            task.cancel()
+        await asyncio.gather(*self.inflight.values(), return_exceptions=True)
+        log.info("deliveryd stopped")
+
+    # -- one entry ---------------------------------------------------------
+
+    async def process(self, queue_id: str) -> None:
+        try:
+            await self._process(queue_id)
+        except asyncio.CancelledError:
+            raise
+        except FileNotFoundError:
+            self.next_due.pop(queue_id, None)  # removed meanwhile
+        except Exception:
+            log.exception("id=%s delivery failed unexpectedly; trying again later", queue_id)
+            self.next_due[queue_id] = time.time() + self.settings.retry_schedule[0]
+
+    async def _process(self, queue_id: str) -> None:
+        envelope, message = self.spool.read(queue_id)
+        state = self.states.load(queue_id, envelope.recipients)
+        now = time.time()
+        due = [r for r, s in state.recipients.items() if s.status == PENDING and s.next_attempt <= now]
+        if due:
+            if count_received(message) > self.settings.max_received_headers:
+                for rcpt in due:
+                    self._fail(queue_id, state, rcpt, "5.4.6", "mail loop: too many Received headers", None)
+            else:
+                by_domain: dict[str, list[str]] = defaultdict(list)
+                for rcpt in due:
+                    by_domain[split_address(rcpt)[1]].append(rcpt)
+                lock = asyncio.Lock()
+                await asyncio.gather(
+                    *(
+                        self._deliver_domain(queue_id, envelope, message, state, domain, rcpts, lock)
+                        for domain, rcpts in by_domain.items()
+                    )
+                )
+            self.states.save(queue_id, state)
+        failed = [r for r, s in state.recipients.items() if s.status == FAILED]
+        if failed and not state.bounced:
+            self._bounce(queue_id, envelope, message, state, failed)
+            state.bounced = True
+            self.states.save(queue_id, state)
+        if state.complete:
+            self.remove(queue_id)
+            self.next_due.pop(queue_id, None)
+            log.info("id=%s done", queue_id)
+        else:
+            self.next_due[queue_id] = state.next_due() or time.time()
+
+    def _fail(
+        self, queue_id: str, state: State, rcpt: str, code: str, error: str, remote: str | None
+    ) -> None:
+        settle(state.recipients[rcpt], time.time(), FAILED, error, code, remote)
+        metrics.DELIVERY_RECIPIENTS.labels("failed").inc()
+        log.info("id=%s to=<%s> failed: %s", queue_id, rcpt, error)
+
+    async def _deliver_domain(
+        self,
+        queue_id: str,
+        envelope: Envelope,
+        message: bytes,
+        state: State,
+        domain: str,
+        rcpts: list[str],
+        lock: asyncio.Lock,
+    ) -> None:
+        if self.directory.is_local_domain(domain):
+            self._deliver_local(queue_id, envelope, message, state, rcpts)
+            return
+        if not safe_address(envelope.sender):
+            for rcpt in rcpts:
+                self._fail(
+                    queue_id, state, rcpt, "5.1.7", f"unusable sender address {envelope.sender!r}", None
+                )
+            return
+        sendable = []
+        for rcpt in rcpts:
+            if safe_address(rcpt):
+                sendable.append(rcpt)
+            else:
+                self._fail(queue_id, state, rcpt, "5.1.3", f"unusable recipient address {rcpt!r}", None)
+        if not sendable:
+            return
+        try:
+            hosts = await self.router.route(domain)
+        except RouteError as exc:
+            if exc.permanent:
+                for rcpt in sendable:
+                    self._fail(queue_id, state, rcpt, exc.status, str(exc), None)
+            else:
+                self._defer(queue_id, envelope, state, sendable, str(exc), exc.status, None, "dns")
+            return
+        last: ConnectionFailed | None = None
+        last_host: str | None = None
+        for host in hosts:
+            for address in host.addresses:
+                async with self.sessions:
+                    try:
+                        result = await send(
+                            address,
+                            self.settings.remote_port,
+                            host.name,
+                            self.config.hostname,
+                            envelope.sender,
+                            sendable,
+                            message,
+                            self.settings.connect_timeout,
+                            self.settings.command_timeout,
+                        )
+                    except ConnectionFailed as exc:
+                        log.info("id=%s host=%s[%s]: %s", queue_id, host.name, address, exc)
+                        last, last_host = exc, f"{host.name} [{address}]"
+                        continue
+                async with lock:
+                    self._apply(queue_id, envelope, state, f"{host.name} [{address}]", result.replies)
+                    self.states.save(queue_id, state)
+                return
+        assert last is not None
+        # Every host failed before settling anything (even a 5xx greeting only
+        # says that this host will not talk to us now): try again later.
+        reply = last.reply
+        self._defer(
+            queue_id,
+            envelope,
+            state,
+            sendable,
+            str(last),
+            reply.status() if reply else "4.4.1",
+            last_host,
+            last.reason,
+        )
+
+    def _apply(
+        self, queue_id: str, envelope: Envelope, state: State, remote: str, replies: dict[str, Reply]
+    ) -> None:
+        now = time.time()
+        for rcpt, reply in replies.items():
+            if 200 <= reply.code < 300:
+                settle(state.recipients[rcpt], now, DELIVERED, str(reply), reply.status(), remote)
+                metrics.DELIVERY_RECIPIENTS.labels("delivered").inc()
+                metrics.DELIVERY_SECONDS.observe(max(0.0, now - envelope.received_at))
+                log.info("id=%s to=<%s> delivered via %s: %s", queue_id, rcpt, remote, reply)
+            elif reply.permanent:
+                self._fail(queue_id, state, rcpt, reply.status(), str(reply), remote)
+            else:
+                self._defer(queue_id, envelope, state, [rcpt], str(reply), reply.status(), remote, "smtp_4xx")
+
+    def _defer(
+        self,
+        queue_id: str,
+        envelope: Envelope,
+        state: State,
+        rcpts: list[str],
+        error: str,
+        status: str,
+        remote: str | None,
+        reason: str,
+    ) -> None:
+        now = time.time()
+        for rcpt in rcpts:
+            expired = defer(
+                state.recipients[rcpt],
+                now,
+                error,
+                status,
+                remote,
+                envelope.received_at,
+                self.settings.retry_schedule,
+                self.settings.max_age,
+            )
+            metrics.DELIVERY_DEFERRALS.labels(reason).inc()
+            if expired:
+                metrics.DELIVERY_RECIPIENTS.labels("expired").inc()
+                log.info("id=%s to=<%s> expired: %s", queue_id, rcpt, error)
+            else:
+                metrics.DELIVERY_RECIPIENTS.labels("deferred").inc()
+                log.info("id=%s to=<%s> deferred: %s", queue_id, rcpt, error)
+
+    # -- local delivery and bounces ----------------------------------------
+
+    def _deliver_local(
+        self, queue_id: str, envelope: Envelope, message: bytes, state: State, rcpts: list[str]
+    ) -> None:
+        now = time.time()
+        for rcpt in rcpts:
+            resolution = self.directory.resolve(rcpt)
+            if not resolution:
+                self._fail(queue_id, state, rcpt, "5.1.1", "no such local mailbox", self.config.hostname)
+                continue
+            try:
+                self._store_local(envelope.sender, resolution.local, resolution.remote, message)
+            except (DeliveryError, SpoolError) as exc:
+                self._defer(queue_id, envelope, state, [rcpt], str(exc), "4.3.0", None, "local")
+                continue
+            settle(state.recipients[rcpt], now, DELIVERED, "delivered locally", "2.0.0", self.config.hostname)
+            metrics.DELIVERY_RECIPIENTS.labels("local").inc()
+
+    def _store_local(self, sender: str, users: tuple, remote: tuple[str, ...], message: bytes) -> None:
+        for user in users:
+            self.store.mailbox(user.address).deliver(message.replace(b"\r\n", b"\n"))
+        if remote:
+            self.spool.enqueue(Envelope(sender=sender, recipients=remote), message)
+
+    def _bounce(
+        self, queue_id: str, envelope: Envelope, message: bytes, state: State, failed: list[str]
+    ) -> None:
+        if not envelope.sender:
+            log.info("id=%s no bounce: null sender", queue_id)
+            return
+        failures = [
+            Failure(
+                r,
+                state.recipients[r].status_code or "5.0.0",
+                state.recipients[r].last_error,
+                state.recipients[r].remote,
+                state.recipients[r].last_attempt,
+            )
+            for r in failed
+        ]
+        dsn = build_dsn(
+            self.config.hostname,
+            envelope.sender,
+            queue_id,
+            envelope.received_at,
+            failures,
+            message,
+            time.time(),
+        )
+        sender_domain = split_address(envelope.sender)[1]
+        if self.directory.is_local_domain(sender_domain):
+            resolution = self.directory.resolve(envelope.sender)
+            if not resolution:
+                log.info("id=%s bounce dropped: no local mailbox for <%s>", queue_id, envelope.sender)
+                return
+            self._store_local("", resolution.local, resolution.remote, dsn)
+        else:
+            self.spool.enqueue(Envelope(sender="", recipients=(envelope.sender,)), dsn)
+        metrics.DELIVERY_BOUNCES.inc()
+        log.info("id=%s bounce to <%s> for %d recipients", queue_id, envelope.sender, len(failed))
+
+
+def serve(config: Config) -> None:
+    daemon.setup_logging(config.log_level)
+    daemon.ensure_store_root(config)
+    daemon.drop_privileges(config.run_as_user, config.run_as_group)
+    deliverer = Deliverer(config)
+    daemon.run(deliverer.run)
