@@ -20,7 +20,7 @@ done
 step() { printf '\n=== %s\n' "$*"; }
 
 step "Debian packages"
-packages=(python3 python3-venv openssl swaks ca-certificates fetchmail getmail6)
+packages=(python3 python3-venv openssl swaks ca-certificates fetchmail getmail6 dnsmasq)
 [ "$molecule" = 1 ] && packages+=(mmdebstrap systemd-container iptables debian-archive-keyring)
 # A real Prometheus scrapes metricsd in the tests; promtool checks the alert rules.
 packages+=(prometheus)
