@@ -26,7 +26,7 @@ from .accounts import Directory
 from .config import Config, split_address
 from .fsutil import fsync_dir
 from .queue.bounce import Failure, build_dsn
-from .queue.client import ConnectionFailed, Reply, safe_address, send
+from .queue.client import ConnectionFailed, Reply, Result, safe_address, send
 from .queue.routing import RouteError, Router, make_resolver
 from .queue.scheduler import DELIVERED, FAILED, PENDING, State, StateStore, defer, settle
 from .queue.spool import Envelope, Spool, SpoolError
@@ -207,23 +207,12 @@ class Deliverer:
         last_host: str | None = None
         for host in hosts:
             for address in host.addresses:
-                async with self.sessions:
-                    try:
-                        result = await send(
-                            address,
-                            self.settings.remote_port,
-                            host.name,
-                            self.config.hostname,
-                            envelope.sender,
-                            sendable,
-                            message,
-                            self.settings.connect_timeout,
-                            self.settings.command_timeout,
-                        )
-                    except ConnectionFailed as exc:
-                        log.info("id=%s host=%s[%s]: %s", queue_id, host.name, address, exc)
-                        last, last_host = exc, f"{host.name} [{address}]"
-                        continue
+                try:
+                    result = await self._send(address, host.name, envelope, sendable, message)
+                except ConnectionFailed as exc:
+                    log.info("id=%s host=%s[%s]: %s", queue_id, host.name, address, exc)
+                    last, last_host = exc, f"{host.name} [{address}]"
+                    continue
                 async with lock:
                     self._apply(queue_id, envelope, state, f"{host.name} [{address}]", result.replies)
                     self.states.save(queue_id, state)
@@ -242,6 +231,32 @@ class Deliverer:
             last_host,
             last.reason,
         )
+
+    async def _send(
+        self, address: str, host: str, envelope: Envelope, recipients: list[str], message: bytes
+    ) -> Result:
+        """One session with one address; after a failed TLS handshake, once more without STARTTLS."""
+        async with self.sessions:
+            for starttls in (True, False):
+                try:
+                    return await send(
+                        address,
+                        self.settings.remote_port,
+                        host,
+                        self.config.hostname,
+                        envelope.sender,
+                        recipients,
+                        message,
+                        self.settings.connect_timeout,
+                        self.settings.command_timeout,
+                        starttls=starttls,
+                    )
+                except ConnectionFailed as exc:
+                    if exc.reason != "tls" or not starttls:
+                        raise
+                    metrics.DELIVERY_DEFERRALS.labels("tls").inc()
+                    log.info("%s[%s]: %s; trying again without STARTTLS", host, address, exc)
+        raise AssertionError("unreachable")
 
     def _apply(
         self, queue_id: str, envelope: Envelope, state: State, remote: str, replies: dict[str, Reply]

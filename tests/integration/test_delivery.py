@@ -138,6 +138,7 @@ class Fake:
 
     rcpt_replies: list[str]
     hang: bool = False
+    broken_tls: bool = False  # offers STARTTLS, then answers the handshake with garbage
     sessions: int = 0
     received: list[bytes] = field(default_factory=list)
     commands: list[bytes] = field(default_factory=list)
@@ -159,7 +160,11 @@ def start_fake(address: str, port: int, fake: Fake) -> socketserver.ThreadingTCP
                 fake.commands.append(line)
                 verb = line[:4].upper()
                 if verb == b"EHLO":
-                    self.wfile.write(b"250-fake\r\n250 SIZE 1000000\r\n")
+                    starttls = b"250-STARTTLS\r\n" if fake.broken_tls else b""
+                    self.wfile.write(b"250-fake\r\n" + starttls + b"250 SIZE 1000000\r\n")
+                elif line.upper().startswith(b"STARTTLS"):
+                    self.wfile.write(b"220 go ahead\r\nthis is not TLS\r\n")
+                    return
                 elif verb == b"RCPT":
                     self.wfile.write(fake.rcpt_replies[index].encode() + b"\r\n")
                 elif verb == b"DATA":
@@ -462,6 +467,23 @@ def test_control_characters_never_reach_the_wire(local_factory: Callable[..., Lo
         rcpts = [c for c in fake.commands if c.upper().startswith(b"RCPT")]
         assert rcpts == [b"RCPT TO:<ok@fake.test>\r\n"]
         assert all(c.count(b"\r") == 1 and b"\0" not in c for c in fake.commands)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_failed_starttls_falls_back_to_plaintext(local_factory: Callable[..., Local]) -> None:
+    port = free_port()
+    fake = Fake(["250 2.1.5 ok"], broken_tls=True)
+    server = start_fake("127.0.0.4", port, fake)
+    try:
+        local = local_factory(port)
+        local.spool.enqueue(Envelope("alice@example.test", ("ok@fake.test",)), message("tls"))
+        local.start()
+        wait_for(lambda: fake.received, what="the delivery without TLS")
+        assert fake.sessions == 2
+        assert any(c.startswith(b"MAIL FROM:<alice@example.test> SIZE=") for c in fake.commands)
+        wait_for(lambda: not local.entries(), what="the entry to be removed")
     finally:
         server.shutdown()
         server.server_close()

@@ -179,11 +179,13 @@ async def send(
     message: bytes,
     connect_timeout: float,
     command_timeout: float,
+    starttls: bool = True,
 ) -> Result:
     """Deliver one message to one host; ConnectionFailed if nothing was settled there.
 
     Recipients refused at RCPT keep their reply; if MAIL or DATA is refused,
-    every recipient gets that reply.
+    every recipient gets that reply. starttls=False skips STARTTLS even when
+    offered: the caller's fallback after a failed handshake (opportunistic TLS).
     """
     try:
         reader, writer = await asyncio.wait_for(
@@ -199,7 +201,7 @@ async def send(
         if greeting.code != 220:
             raise ConnectionFailed(f"greeting {greeting}", "greeting", greeting)
         keywords = await session.ehlo_keywords(helo)
-        if keywords is not None and "STARTTLS" in keywords:
+        if starttls and keywords is not None and "STARTTLS" in keywords:
             reply = await session.command("STARTTLS")
             if reply.code == 220:
                 try:
