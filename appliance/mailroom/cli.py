@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 
 from . import __version__, daemon
@@ -93,6 +94,74 @@ def accounts_test_login(args: argparse.Namespace) -> int:
     user = asyncio.run(Directory(config).authenticate(args.address, password))
     print(f"{args.address}: {'login OK' if user else 'login FAILED (unknown, disabled or wrong password)'}")
     return 0 if user else 1
+
+
+def _queue_entries(config: Config) -> list[dict]:
+    """The outbound queue as the delivery daemon sees it, one dict per entry (read-only)."""
+    from .queue import Spool
+    from .queue.scheduler import StateStore
+
+    if config.queue_root is None:
+        return []
+    spool = Spool(config.queue_root)
+    if not spool.incoming.is_dir():
+        return []
+    states = StateStore(spool.incoming, spool.tmp)
+    entries = []
+    for queue_id in spool.entries():
+        try:
+            envelope, message = spool.read(queue_id)
+            state = states.load(queue_id, envelope.recipients)
+        except (OSError, ValueError, KeyError):
+            continue  # delivered and removed while we looked
+        entries.append(
+            {
+                "id": queue_id,
+                "sender": envelope.sender or "<>",
+                "size": len(message),
+                "received_at": envelope.received_at,
+                "recipients": {
+                    address: {
+                        "status": r.status,
+                        "attempts": r.attempts,
+                        "next_attempt": r.next_attempt,
+                        "last_error": r.last_error,
+                    }
+                    for address, r in state.recipients.items()
+                },
+            }
+        )
+    return entries
+
+
+def queue_list(args: argparse.Namespace) -> int:
+    config = _load("queue", args.config)
+    if config is None:
+        return 1
+    entries = _queue_entries(config)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    now = time.time()
+    print(f"{'ID':<22} {'AGE':>8} {'SIZE':>9}  SENDER -> RECIPIENTS (status, attempts)")
+    for entry in entries:
+        age = f"{int((now - entry['received_at']) // 60)}m"
+        rcpts = ", ".join(f"{a} ({r['status']}, {r['attempts']})" for a, r in entry["recipients"].items())
+        print(f"{entry['id']:<22} {age:>8} {entry['size']:>9}  {entry['sender']} -> {rcpts}")
+    print(f"{len(entries)} messages in the queue")
+    return 0
+
+
+def queue_show(args: argparse.Namespace) -> int:
+    config = _load("queue", args.config)
+    if config is None:
+        return 1
+    for entry in _queue_entries(config):
+        if entry["id"] == args.id:
+            print(json.dumps(entry, indent=2))
+            return 0
+    print(f"mailroom queue: no message {args.id!r} in the queue", file=sys.stderr)
+    return 1
 
 
 def _load_for_daemon(name: str, path: str) -> Config | None:
@@ -186,6 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("address")
     login.add_argument("--config", default=DEFAULT_CONFIG)
     login.set_defaults(func=accounts_test_login)
+
+    queue = commands.add_parser("queue", help="the outbound queue (read-only)")
+    queue_actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    qlist = queue_actions.add_parser("list", help="messages waiting for delivery, per recipient")
+    qlist.add_argument("--config", default=DEFAULT_CONFIG)
+    qlist.add_argument("--json", action="store_true", help="machine-readable output")
+    qlist.set_defaults(func=queue_list)
+    qshow = queue_actions.add_parser("show", help="one queued message's envelope and delivery state")
+    qshow.add_argument("id")
+    qshow.add_argument("--config", default=DEFAULT_CONFIG)
+    qshow.set_defaults(func=queue_show)
 
     smtp = commands.add_parser("smtpd", help="run the SMTP daemon in the foreground")
     smtp.add_argument("--config", default=DEFAULT_CONFIG)

@@ -40,3 +40,36 @@ def test_failed_enqueue_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.Monk
     assert spool.entries() == []
     assert not list(spool.incoming.iterdir())
     assert not list(spool.tmp.iterdir())
+
+
+def test_cli_queue_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import yaml
+
+    from mailroom import cli
+
+    spool = Spool(tmp_path / "queue")
+    queue_id = spool.enqueue(Envelope(sender="alice@example.test", recipients=("x@remote.test",)), b"hi\r\n")
+    config = tmp_path / "mailroom.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "hostname": "mail.example.test",
+                "domains": ["example.test"],
+                "store": {"root": str(tmp_path / "mail")},
+                "queue": {"root": str(tmp_path / "queue")},
+                "smtp": {"listeners": [{"name": "mx", "address": "127.0.0.1", "port": 25}]},
+            }
+        )
+    )
+    assert cli.main(["queue", "list", "--config", str(config), "--json"]) == 0
+    [entry] = json.loads(capsys.readouterr().out)
+    assert entry["id"] == queue_id
+    assert entry["sender"] == "alice@example.test"
+    assert entry["recipients"]["x@remote.test"]["status"] == "pending"
+    assert cli.main(["queue", "list", "--config", str(config)]) == 0
+    assert "1 messages in the queue" in capsys.readouterr().out
+    assert cli.main(["queue", "show", queue_id, "--config", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["size"] == 4
+    assert cli.main(["queue", "show", "nope", "--config", str(config)]) == 1
