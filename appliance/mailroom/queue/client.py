@@ -90,9 +90,9 @@ class Session:
         self.writer = writer
         self.timeout = command_timeout
 
-    async def reply(self, timeout: float | None = None) -> Reply:
+    async def reply_lines(self, timeout: float | None = None) -> tuple[int, list[str]]:
+        """One reply: its code and the text of each of its lines."""
         lines: list[str] = []
-        code = 0
         while True:
             try:
                 raw = await asyncio.wait_for(self.reader.readline(), timeout or self.timeout)
@@ -105,10 +105,13 @@ class Session:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if len(line) < 3 or not line[:3].isdigit() or len(lines) > MAX_REPLY_LINES:
                 raise ConnectionFailed(f"bad reply {line[:80]!r}", "protocol")
-            code = int(line[:3])
             lines.append(line[4:])
             if len(line) == 3 or line[3] == " ":
-                return Reply(code, " ".join(lines)[:1000])
+                return int(line[:3]), lines
+
+    async def reply(self, timeout: float | None = None) -> Reply:
+        code, lines = await self.reply_lines(timeout)
+        return Reply(code, " ".join(lines)[:1000])
 
     async def command(self, line: str, timeout: float | None = None) -> Reply:
         assert "\r" not in line and "\n" not in line and "\0" not in line
@@ -134,27 +137,12 @@ def _keywords(lines: list[str]) -> dict[str, str]:
 
 
 class EhloSession(Session):
-    """Keeps the EHLO keywords; the reply text of a multi-line reply is joined, so read lines here."""
+    """Keeps the EHLO keywords, one per line of the reply."""
 
     async def ehlo_keywords(self, hostname: str) -> dict[str, str] | None:
         self.writer.write(f"EHLO {hostname}\r\n".encode())
-        lines: list[str] = []
-        while True:
-            try:
-                raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
-            except TimeoutError:
-                raise ConnectionFailed("timeout waiting for the EHLO reply", "timeout") from None
-            except (OSError, ValueError) as exc:
-                raise ConnectionFailed(f"connection lost: {exc}", "connection") from None
-            if not raw:
-                raise ConnectionFailed("connection closed by the remote", "connection")
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if len(line) < 3 or not line[:3].isdigit() or len(lines) > MAX_REPLY_LINES:
-                raise ConnectionFailed(f"bad reply {line[:80]!r}", "protocol")
-            lines.append(line[4:])
-            if len(line) == 3 or line[3] == " ":
-                break
-        if not line.startswith("250"):
+        code, lines = await self.reply_lines()
+        if code != 250:
             reply = await self.command(f"HELO {hostname}")
             if reply.code != 250:
                 raise ConnectionFailed(f"HELO refused: {reply}", "helo", reply)
