@@ -87,6 +87,13 @@ def config_data(
     }
 
 
+def maildir_messages(store: Path, address: str) -> list[bytes]:
+    """The messages in new/ of an address's Maildir below a store root, oldest first."""
+    local, domain = address.split("@")
+    new = store / domain / local / "new"
+    return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+
+
 @dataclass
 class Smtpd:
     port: int
@@ -99,8 +106,7 @@ class Smtpd:
         return self.store / domain / local
 
     def messages(self, address: str) -> list[bytes]:
-        new = self.maildir(address) / "new"
-        return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+        return maildir_messages(self.store, address)
 
     def start(self) -> None:
         self.process = start_smtpd(self.config, self.port)

@@ -19,7 +19,7 @@ import yaml
 
 from mailroom.accounts import hash_password
 from mailroom.queue.spool import Envelope, Spool
-from tests.conftest import PASSWORD, SALT_KEY, config_data, free_port, start_smtpd
+from tests.conftest import PASSWORD, SALT_KEY, config_data, free_port, maildir_messages, start_smtpd
 
 DNSMASQ = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None)
 pytestmark = pytest.mark.skipif(DNSMASQ is None, reason="dnsmasq is not installed (apt-get install dnsmasq)")
@@ -102,9 +102,7 @@ class Remote:
     process: subprocess.Popen
 
     def messages(self, address: str) -> list[bytes]:
-        local, domain = address.split("@")
-        new = self.store / domain / local / "new"
-        return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+        return maildir_messages(self.store, address)
 
 
 @pytest.fixture
@@ -224,9 +222,7 @@ class Local:
         return json.loads((self.spool.incoming / f"{queue_id}.state").read_text())
 
     def messages(self, address: str) -> list[bytes]:
-        local, domain = address.split("@")
-        new = self.store / domain / local / "new"
-        return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+        return maildir_messages(self.store, address)
 
 
 def make_local(tmp_path: Path, dns_port: int, remote_port: int, **delivery: object) -> Local:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from mailroom.queue import Spool
-from tests.conftest import PASSWORD, config_data, free_port, insecure, start_smtpd
+from tests.conftest import PASSWORD, config_data, free_port, insecure, maildir_messages, start_smtpd
 
 
 @dataclass
@@ -30,9 +30,7 @@ class Server:
     process: subprocess.Popen
 
     def messages(self, address: str) -> list[bytes]:
-        local, domain = address.split("@")
-        new = self.store / domain / local / "new"
-        return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+        return maildir_messages(self.store, address)
 
 
 @pytest.fixture
