@@ -17,7 +17,9 @@ def test_delivery_lands_in_new_with_size_and_nothing_in_tmp(tmp_path: Path) -> N
     assert {p.name for p in new.iterdir()} == names
     assert not list((tmp_path / "example.test" / "alice" / "tmp").iterdir())
     for name in names:
-        assert name.endswith(f",S={(new / name).stat().st_size}")
+        data = (new / name).read_bytes()
+        wire = len(data) + data.count(b"\n") - data.count(b"\r\n")  # CRLF on the wire
+        assert name.endswith(f",S={len(data)},W={wire}")
         assert (new / name).stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "example.test" / "alice" / "cur").is_dir()
 

@@ -321,7 +321,7 @@ def test_append_is_durable_and_keeps_flags_and_internaldate(maildir: Maildir) ->
     [name] = cur_names(maildir)
     match = NAME.match(name)
     assert match and match["flags"] == "DS" and match["uid"] == "1"
-    assert match["base"].endswith(",S=16")
+    assert match["base"].endswith(",S=16,W=18")  # W=: with CRLF for the two LFs
     info = Folder(maildir.path).message(1)
     assert info.internaldate == 1_600_000_000
     assert info.flags == {"\\Draft", "\\Seen"}

@@ -81,6 +81,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..fsutil import fsync_dir, write_synced
+from .maildir import wire_size
 from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
 
 STATE_FILE = "mailroom-state"
@@ -98,6 +99,7 @@ _KEYWORD = re.compile(r"[!#$&'+\-./0-9:;<=>?@A-Z\[\]^_`a-z|~]+\Z")
 
 _counter = itertools.count()
 _UID = attrgetter("uid")
+_wire_sizes: dict[tuple[Path, str], int] = {}  # messages written without ,W= (other Maildir tools)
 
 
 class Mode(Enum):
@@ -130,6 +132,24 @@ class MessageInfo:
             return self.path.stat().st_size
         except FileNotFoundError as exc:
             raise MessageGone(f"message {self.uid} is gone") from exc
+
+    @property
+    def wire_size(self) -> int:
+        """Bytes with CRLF line ends (IMAP RFC822.SIZE): from ,W= in the name, else counted once."""
+        size = _size_from_name(self.name, ",W=")
+        if size is not None:
+            return size
+        key = (self.folder, self.name)
+        size = _wire_sizes.get(key)
+        if size is None:
+            try:
+                size = wire_size(self.path.read_bytes())
+            except FileNotFoundError as exc:
+                raise MessageGone(f"message {self.uid} is gone") from exc
+            if len(_wire_sizes) > 100_000:
+                _wire_sizes.clear()
+            _wire_sizes[key] = size
+        return size
 
     @property
     def internaldate(self) -> float:
@@ -207,20 +227,20 @@ class _Parsed:
         return self.info[2:] if self.info.startswith("2,") else ""
 
 
-def _size_from_name(name: str) -> int | None:
-    marker = name.find(",S=")
+def _size_from_name(name: str, field: str = ",S=") -> int | None:
+    marker = name.find(field)
     if marker == -1:
         return None
     digits = name[marker + 3 :].split(",", 1)[0].split(":", 1)[0]
     return int(digits) if digits.isdigit() else None
 
 
-def _unique_base(size: int) -> str:
+def _unique_base(size: int, wire: int) -> str:
     now = time.time()
     seconds = int(now)
     usec = int((now - seconds) * 1_000_000)
     host = socket.gethostname().replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
-    return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size}"
+    return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size},W={wire}"
 
 
 def _cur_name(base: str, uid: int, modseq: int, letters: str) -> str:
@@ -677,10 +697,10 @@ class _Listing:
             if info is None:
                 return None
             try:
-                size = info.size
+                size, wire = info.size, info.wire_size
             except MessageGone:
                 continue
-            target = dest.path / "tmp" / _unique_base(size)
+            target = dest.path / "tmp" / _unique_base(size, wire)
             if not (dest.path / "tmp").is_dir():
                 raise FolderGone(f"folder {dest.path} is gone")
             try:
@@ -935,7 +955,7 @@ class Folder:
 
     def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> int:
         """Store a message durably (tmp → fsync → rename into cur/ → fsync cur/); return its UID."""
-        tmp = self.path / "tmp" / _unique_base(len(data))
+        tmp = self.path / "tmp" / _unique_base(len(data), wire_size(data))
         try:
             write_synced(tmp, data)
         except FileNotFoundError as exc:

@@ -25,14 +25,19 @@ class DeliveryError(Exception):
     """The message could not be made durable; the caller answers with a temporary failure."""
 
 
-def _unique_name(size: int) -> str:
-    # time.M<usec>P<pid>Q<counter>.<host>,S=<size> — unique per process and
-    # host without locking; S= lets readers learn the size without a stat.
+def wire_size(data: bytes) -> int:
+    """The size with CRLF line ends, as IMAP (RFC822.SIZE) and POP3 count it."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def _unique_name(size: int, wire: int) -> str:
+    # time.M<usec>P<pid>Q<counter>.<host>,S=<size>,W=<wire size> — unique per process and
+    # host without locking; S= and W= (the Dovecot fields) give the sizes without a stat.
     now = time.time()
     seconds = int(now)
     usec = int((now - seconds) * 1_000_000)
     host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size}"
+    return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size},W={wire}"
 
 
 class Maildir:
@@ -56,7 +61,7 @@ class Maildir:
     def deliver(self, data: bytes) -> str:
         """Store a message in new/ durably; return its file name."""
         self.create()
-        name = _unique_name(len(data))
+        name = _unique_name(len(data), wire_size(data))
         tmp = self.path / "tmp" / name
         new = self.path / "new" / name
         try:
