@@ -220,6 +220,62 @@ def metricsd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cert_renew(args: argparse.Namespace) -> int:
+    """Renew the ACME certificate when due (or --force); after a renewal run --reload-command."""
+    config = _load("cert", args.config)
+    if config is None:
+        return 1
+    if config.acme is None:
+        print(f"mailroom cert: {args.config}: tls.acme: is not configured", file=sys.stderr)
+        return 1
+    from . import acme
+
+    daemon.setup_logging(config.log_level)
+    try:
+        renewed, what = acme.renew(config, force=args.force)
+    except acme.AcmeError as exc:
+        print(f"mailroom cert renew: {exc}", file=sys.stderr)
+        return 1
+    print(f"{config.tls_certificate}: {what}")
+    if renewed and args.reload_command:
+        import shlex
+        import subprocess
+
+        # No shell: "mailroom:*" is supervisor's pattern, not a glob.
+        done = subprocess.run(shlex.split(args.reload_command), check=False)
+        if done.returncode != 0:
+            print(f"mailroom cert renew: the reload command exited with {done.returncode}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def cert_status(args: argparse.Namespace) -> int:
+    config = _load("cert", args.config)
+    if config is None:
+        return 1
+    if config.acme is None:
+        print(f"{config.tls_certificate}: not from ACME (tls.acme is not configured)")
+        return 0
+    from . import acme
+
+    due = acme.renewal_due(config)
+    print(f"{config.tls_certificate}: {'renewal due: ' if due.due else ''}{due.reason}")
+    return 0
+
+
+def webd(args: argparse.Namespace) -> int:
+    config = _load_for_daemon("webd", args.config)
+    if config is None:
+        return 1
+    if config.web is None:
+        print(f"mailroom webd: {args.config}: web: is not configured", file=sys.stderr)
+        return 1
+    from .web.server import serve
+
+    serve(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailroom", description="Mailroom mail appliance")
     parser.add_argument("--version", action="version", version=f"mailroom {__version__}")
@@ -278,6 +334,25 @@ def build_parser() -> argparse.ArgumentParser:
     delivery = commands.add_parser("deliveryd", help="run the outbound delivery daemon in the foreground")
     delivery.add_argument("--config", default=DEFAULT_CONFIG)
     delivery.set_defaults(func=deliveryd)
+
+    cert = commands.add_parser("cert", help="the TLS certificate (ACME)")
+    cert_actions = cert.add_subparsers(dest="action", required=True, metavar="ACTION")
+    renew = cert_actions.add_parser("renew", help="get a new certificate from the ACME CA when due")
+    renew.add_argument("--config", default=DEFAULT_CONFIG)
+    renew.add_argument("--force", action="store_true", help="renew even when not due")
+    renew.add_argument(
+        "--reload-command", default="", help="run after a renewal, e.g. 'supervisorctl signal HUP mailroom:*'"
+    )
+    renew.set_defaults(func=cert_renew)
+    status = cert_actions.add_parser("status", help="when the certificate will be renewed")
+    status.add_argument("--config", default=DEFAULT_CONFIG)
+    status.set_defaults(func=cert_status)
+
+    web = commands.add_parser(
+        "webd", help="run the web endpoint (ACME, MTA-STS, autoconfig) in the foreground"
+    )
+    web.add_argument("--config", default=DEFAULT_CONFIG)
+    web.set_defaults(func=webd)
 
     metrics = commands.add_parser("metricsd", help="run the metrics endpoint (Prometheus) in the foreground")
     metrics.add_argument("--config", default=DEFAULT_CONFIG)

@@ -25,6 +25,11 @@ LISTENER_NAMES = ("mx", "submission", "submissions")
 # pop3: port 110, STLS then login (RFC 2595); pop3s: 995, implicit TLS (RFC 8314).
 POP3_LISTENER_NAMES = ("pop3", "pop3s")
 USER_STATES = ("active", "disabled")
+# web: port 80 (ACME HTTP-01 challenges, redirects); webs: 443 (MTA-STS policy, client autoconfiguration).
+WEB_LISTENER_NAMES = ("web", "webs")
+MTA_STS_MODES = ("none", "testing", "enforce")
+ACME_KEY_TYPES = ("ecdsa", "rsa")
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 MAX_ALIAS_TARGETS = 1000
 
 
@@ -145,6 +150,10 @@ class Config:
     runtime_dir: Path = Path("/run/mailroom")
     log_level: str = "info"
     delivery: Delivery = field(default_factory=Delivery)
+    # tls.acme: the certificate comes from an ACME CA and `mailroom cert renew` renews it.
+    acme: Acme | None = None
+    # Absent web section: no web endpoint (webd refuses to start).
+    web: Web | None = None
     source: Path | None = field(default=None, compare=False)
 
 
@@ -240,6 +249,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
             "runtime_dir",
             "log_level",
             "delivery",
+            "web",
         }
     )
 
@@ -290,7 +300,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
     queue_root = _absolute_path(queue, "root", None)
 
     tls = top.sub("tls", {})
-    tls.check_unknown({"certificate", "private_key"})
+    tls.check_unknown({"certificate", "private_key", "acme"})
     cert = tls.raw("certificate", None)
     key = tls.raw("private_key", None)
     if (cert is None) != (key is None):
@@ -355,6 +365,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
         runtime_dir=runtime_dir,
         log_level=log_level,
         delivery=_parse_delivery(top),
+        acme=_parse_acme(tls, hostname, domains) if tls.raw("acme", None) is not None else None,
+        web=_parse_web(top, hostname, domains) if top.raw("web", None) is not None else None,
         source=source,
     )
 
@@ -534,6 +546,315 @@ def _parse_aliases(top: _Reader, domains: list[str], users: set[str]) -> tuple[A
                 raise ConfigError(f"{entry.key('to')}[{j}]", f"{target!r} is not a valid mail address")
         aliases.append(Alias(address, tuple(t.lower() for t in targets)))
     return tuple(aliases)
+
+
+@dataclass(frozen=True)
+class Acme:
+    """Certificates from an ACME CA (RFC 8555), renewed on the host by `mailroom cert renew`."""
+
+    directory: str  # the CA's directory URL; Let's Encrypt unless told otherwise
+    names: tuple[str, ...]  # DNS names on the certificate; the first is the host name
+    account_key: Path  # made once, kept; the account at the CA is found again from it
+    challenge_dir: Path  # HTTP-01 tokens; webd serves them on port 80
+    email: str | None = None  # contact for the CA's expiry notices
+    ca_bundle: Path | None = None  # CA certificates to trust for the directory (a private CA)
+    key_type: str = "ecdsa"  # ecdsa (P-256, Mozilla's first choice) or rsa (2048)
+    # Renew when this fraction of the certificate's lifetime remains (30 of 90 days).
+    renew_remaining: float = 1 / 3
+
+
+@dataclass(frozen=True)
+class MtaSts:
+    mode: str = "testing"  # none | testing | enforce (RFC 8461 3.2)
+    max_age: int = 604800  # seconds senders may cache the policy
+    mx: tuple[str, ...] = ()  # mx patterns of the policy; default: the host name
+
+
+@dataclass(frozen=True)
+class Web:
+    """webd: ACME HTTP-01 on 80; MTA-STS policy and client autoconfiguration on 443."""
+
+    listeners: tuple[Listener, ...]
+    mta_sts: MtaSts = field(default_factory=MtaSts)
+    # Host name clients are told to use for IMAP, POP3 and submission; default: hostname.
+    client_hostname: str = ""
+    challenge_dir: Path | None = None  # tokens served on the web listener; default: acme's
+
+
+def _parse_acme(tls: _Reader, hostname: str, domains: list[str]) -> Acme:
+    reader = tls.sub("acme")
+    reader.check_unknown(
+        {"directory", "email", "ca_bundle", "names", "account_key", "challenge_dir", "key_type"}
+    )
+    directory = reader.string("directory", LETS_ENCRYPT)
+    if not directory.startswith("https://") or len(directory) > 2048:
+        raise ConfigError(reader.key("directory"), "must be an https:// URL (the ACME directory)")
+    email = reader.raw("email", None)
+    if email is not None and (not isinstance(email, str) or not is_valid_address(email.lower())):
+        raise ConfigError(reader.key("email"), f"{email!r} is not a valid mail address")
+    default_names = [hostname] + [f"{p}.{d}" for d in domains for p in ("mta-sts", "autoconfig")]
+    names: list[str] = []
+    for i, raw in enumerate(reader.items("names", default_names)):
+        if not isinstance(raw, str) or not is_valid_domain(raw.lower()):
+            raise ConfigError(f"{reader.key('names')}[{i}]", f"{raw!r} is not a DNS name")
+        if raw.lower() not in names:
+            names.append(raw.lower())
+    if not names or len(names) > 100:
+        raise ConfigError(reader.key("names"), "must list 1 to 100 names (the CA's limit)")
+    key_type = reader.string("key_type", "ecdsa")
+    if key_type not in ACME_KEY_TYPES:
+        raise ConfigError(reader.key("key_type"), f"must be one of {', '.join(ACME_KEY_TYPES)}")
+    account_key = _absolute_path(reader, "account_key", "/etc/mailroom/tls/acme-account.key")
+    challenge_dir = _absolute_path(reader, "challenge_dir", "/var/lib/mailroom/acme-challenge")
+    assert account_key is not None and challenge_dir is not None
+    return Acme(
+        directory=directory,
+        names=tuple(names),
+        account_key=account_key,
+        challenge_dir=challenge_dir,
+        email=email.lower() if email else None,
+        ca_bundle=_absolute_path(reader, "ca_bundle", None),
+        key_type=key_type,
+    )
+
+
+def _parse_web(top: _Reader, hostname: str, domains: list[str]) -> Web:
+    reader = top.sub("web")
+    reader.check_unknown({"listeners", "mta_sts", "client_hostname", "challenge_dir"})
+    listeners = _parse_listeners(reader, "web.listeners", WEB_LISTENER_NAMES)
+    if not listeners:
+        raise ConfigError("web.listeners", "must list at least one listener")
+    policy = reader.sub("mta_sts", {})
+    policy.check_unknown({"mode", "max_age", "mx"})
+    mode = policy.string("mode", "testing")
+    if mode not in MTA_STS_MODES:
+        raise ConfigError(policy.key("mode"), f"must be one of {', '.join(MTA_STS_MODES)}")
+    # RFC 8461 3.2: max_age is at most 31557600 (about a year).
+    max_age = policy.integer("max_age", 604800, minimum=1, maximum=31557600)
+    mx: list[str] = []
+    for i, raw in enumerate(policy.items("mx", [hostname])):
+        name = raw.lower() if isinstance(raw, str) else ""
+        if not is_valid_domain(name.removeprefix("*.")):
+            raise ConfigError(f"{policy.key('mx')}[{i}]", f"{raw!r} is not a host name or *.domain pattern")
+        mx.append(name)
+    client_hostname = reader.string("client_hostname", hostname).lower()
+    if not is_valid_domain(client_hostname):
+        raise ConfigError(reader.key("client_hostname"), f"{client_hostname!r} is not a host name")
+    return Web(
+        listeners=tuple(listeners),
+        mta_sts=MtaSts(mode, max_age, tuple(mx)),
+        client_hostname=client_hostname,
+        challenge_dir=_absolute_path(reader, "challenge_dir", None),
+    )
+
+
+FILTER_FAILURE_MODES = ("accept", "tempfail")  # fail-open (accept, tagged) or fail-closed (451 4.7.1)
+DNSBL_ACTIONS = ("reject", "junk", "tag")
+
+
+@dataclass(frozen=True)
+class DnsblList:
+    zone: str  # e.g. zen.spamhaus.org: the client's reversed address is looked up below it
+    action: str = "reject"  # reject: 554 5.7.1 at RCPT; junk: the Junk folder; tag: a header only
+
+
+@dataclass(frozen=True)
+class Greylisting:
+    enabled: bool = False
+    delay: float = 300.0  # seconds a new (network, sender, recipient) triplet is told to wait
+    retry_window: float = 86400.0  # a retry later than this after the first try starts over
+    expiry: float = 35 * 86400.0  # a triplet that got through is remembered this long
+    # A file shared by all smtpd workers and kept across restarts; default <store.root>/../filtering/.
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Rspamd:
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = 11333  # the normal worker: /checkv2
+    controller_port: int = 11334  # the controller: /learnspam, /learnham
+    controller_password: str | None = None  # None: loopback is a secure_ip of the controller
+    timeout: float = 15.0
+    on_failure: str = "accept"  # rspamd down or slow: accept untagged (fail-open) or 451 (fail-closed)
+    junk_score: float = 6.0  # at or above: the recipient's Junk folder (rspamd's add header)
+    reject_score: float = 15.0  # at or above: 550 5.7.1 at the end of DATA
+    max_size: int = 20 * 1024 * 1024  # larger messages are not sent to rspamd
+
+
+@dataclass(frozen=True)
+class Clamav:
+    enabled: bool = False
+    socket: Path = Path("/run/clamav/clamd.ctl")
+    timeout: float = 30.0
+    max_size: int = 25 * 1024 * 1024  # bytes streamed at most; keep at or below clamd's StreamMaxLength
+    on_failure: str = "tempfail"  # clamd down or slow: 451 4.7.1 (fail-closed) or accept with a header
+
+
+@dataclass(frozen=True)
+class SenderList:
+    """A user's own lists: sender addresses (a@b.example) or domains (b.example)."""
+
+    allow: tuple[str, ...] = ()
+    block: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Filtering:
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+    resolver_address: str | None = None  # None: the system resolver (/etc/resolv.conf)
+    resolver_port: int = 53
+    dns_timeout: float = 5.0  # seconds for the DNS lookups of one check
+    dnsbl: tuple[DnsblList, ...] = ()
+    greylisting: Greylisting = field(default_factory=Greylisting)
+    rspamd: Rspamd = field(default_factory=Rspamd)
+    clamav: Clamav = field(default_factory=Clamav)
+    sender_lists: tuple[tuple[str, SenderList], ...] = ()  # (user address, lists)
+
+    def lists_of(self, address: str) -> SenderList | None:
+        for user, lists in self.sender_lists:
+            if user == address:
+                return lists
+        return None
+
+
+def _flag(reader: _Reader, name: str, default: bool) -> bool:
+    value = reader.raw(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(reader.key(name), f"must be true or false, got {value!r}")
+    return value
+
+
+def _choice(reader: _Reader, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = reader.string(name, default)
+    if value not in choices:
+        raise ConfigError(reader.key(name), f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _ip(reader: _Reader, name: str, default: Any = ...) -> str:
+    value = reader.string(name, default)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(reader.key(name), f"{value!r} is not an IP address") from None
+    return value
+
+
+def _parse_filtering(top: _Reader, domains: list[str], users: list[str]) -> Filtering:
+    reader = top.sub("filtering", {})
+    reader.check_unknown(
+        {"spf", "dkim", "dmarc", "resolver", "dns_timeout", "dnsbl", "greylisting", "rspamd", "clamav"}
+        | {"sender_lists"}
+    )
+    resolver_address: str | None = None
+    resolver_port = 53
+    if reader.raw("resolver", None) is not None:
+        resolver = reader.sub("resolver")
+        resolver.check_unknown({"address", "port"})
+        resolver_address = _ip(resolver, "address")
+        resolver_port = resolver.integer("port", 53, minimum=1, maximum=65535)
+
+    lists: list[DnsblList] = []
+    for i, raw in enumerate(reader.items("dnsbl", [])):
+        entry = _Reader(raw, f"{reader.key('dnsbl')}[{i}]")
+        entry.check_unknown({"zone", "action"})
+        zone = entry.string("zone").lower().rstrip(".")
+        if not is_valid_domain(zone):
+            raise ConfigError(entry.key("zone"), f"{zone!r} is not a DNS zone name")
+        if zone in (z.zone for z in lists):
+            raise ConfigError(entry.key("zone"), f"{zone!r} is listed twice")
+        lists.append(DnsblList(zone, _choice(entry, "action", "reject", DNSBL_ACTIONS)))
+    if len(lists) > 10:
+        raise ConfigError(reader.key("dnsbl"), "lists at most 10 zones (each costs a lookup per connection)")
+
+    grey = reader.sub("greylisting", {})
+    grey.check_unknown({"enabled", "delay", "retry_window", "expiry", "path"})
+    greylisting = Greylisting(
+        enabled=_flag(grey, "enabled", False),
+        delay=_number(grey, "delay", 300, 1, 86400),
+        retry_window=_number(grey, "retry_window", 86400, 60, 7 * 86400),
+        expiry=_number(grey, "expiry", 35 * 86400, 3600, 366 * 86400),
+        path=_absolute_path(grey, "path", None),
+    )
+    if greylisting.retry_window <= greylisting.delay:
+        raise ConfigError(grey.key("retry_window"), "must be longer than the delay")
+
+    spam = reader.sub("rspamd", {})
+    spam.check_unknown(set(Rspamd.__dataclass_fields__))
+    defaults = Rspamd()
+    password = spam.raw("controller_password", None)
+    if password is not None and (not isinstance(password, str) or not password or "\n" in password):
+        raise ConfigError(spam.key("controller_password"), "must be a non-empty one-line string")
+    rspamd = Rspamd(
+        enabled=_flag(spam, "enabled", False),
+        address=_ip(spam, "address", defaults.address),
+        port=spam.integer("port", defaults.port, minimum=1, maximum=65535),
+        controller_port=spam.integer("controller_port", defaults.controller_port, minimum=1, maximum=65535),
+        controller_password=password,
+        timeout=_number(spam, "timeout", defaults.timeout, 0.1, 600),
+        on_failure=_choice(spam, "on_failure", defaults.on_failure, FILTER_FAILURE_MODES),
+        junk_score=_score(spam, "junk_score", defaults.junk_score),
+        reject_score=_score(spam, "reject_score", defaults.reject_score),
+        max_size=spam.integer("max_size", defaults.max_size, minimum=1024, maximum=1 << 31),
+    )
+    if rspamd.reject_score <= rspamd.junk_score:
+        raise ConfigError(spam.key("reject_score"), "must be higher than junk_score")
+
+    virus = reader.sub("clamav", {})
+    virus.check_unknown(set(Clamav.__dataclass_fields__))
+    clamav = Clamav(
+        enabled=_flag(virus, "enabled", False),
+        socket=_absolute_path(virus, "socket", str(Clamav.socket)) or Clamav.socket,
+        timeout=_number(virus, "timeout", Clamav.timeout, 0.1, 600),
+        max_size=virus.integer("max_size", Clamav.max_size, minimum=1024, maximum=1 << 31),
+        on_failure=_choice(virus, "on_failure", Clamav.on_failure, FILTER_FAILURE_MODES),
+    )
+
+    sender_lists: list[tuple[str, SenderList]] = []
+    raw_lists = reader.sub("sender_lists", {})
+    for address in raw_lists.data:
+        key = raw_lists.key(str(address))
+        if not isinstance(address, str) or address.lower() not in users:
+            raise ConfigError(key, f"{address!r} is not one of the users")
+        entry = _Reader(raw_lists.data[address], key)
+        entry.check_unknown({"allow", "block"})
+        kinds: dict[str, tuple[str, ...]] = {}
+        for kind in ("allow", "block"):
+            values = entry.items(kind, [])
+            if len(values) > 1000:
+                raise ConfigError(entry.key(kind), "lists at most 1000 senders")
+            for j, value in enumerate(values):
+                text = value.lower() if isinstance(value, str) else ""
+                if not (is_valid_domain(text) or is_plausible_address(text)):
+                    raise ConfigError(
+                        f"{entry.key(kind)}[{j}]", f"{value!r} is neither a mail address nor a domain"
+                    )
+            kinds[kind] = tuple(v.lower() for v in values)
+        sender_lists.append((address.lower(), SenderList(**kinds)))
+
+    return Filtering(
+        spf=_flag(reader, "spf", True),
+        dkim=_flag(reader, "dkim", True),
+        dmarc=_flag(reader, "dmarc", True),
+        resolver_address=resolver_address,
+        resolver_port=resolver_port,
+        dns_timeout=_number(reader, "dns_timeout", 5, 0.1, 60),
+        dnsbl=tuple(lists),
+        greylisting=greylisting,
+        rspamd=rspamd,
+        clamav=clamav,
+        sender_lists=tuple(sender_lists),
+    )
+
+
+def _score(reader: _Reader, name: str, default: float) -> float:
+    value = reader.raw(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -1000 <= value <= 1000:
+        raise ConfigError(reader.key(name), f"must be a score between -1000 and 1000, got {value!r}")
+    return float(value)
 
 
 def load(path: str | Path) -> Config:

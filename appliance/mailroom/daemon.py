@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from . import tls as tls_reload
 from .config import Config, Listener
 from .shared import SharedTable
 from .throttle import LoginThrottle
@@ -145,14 +146,24 @@ def enable_shared_metrics(config: Config) -> None:
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run a daemon's main coroutine until SIGTERM or SIGINT sets the stop event."""
+    """Run a daemon's main coroutine until SIGTERM or SIGINT sets the stop event.
+
+    SIGHUP loads the TLS certificate again into the live contexts (new handshakes get the new
+    one, open connections and listeners stay); a daemon without TLS ignores it. A periodic look
+    at the certificate files catches a renewal whose signal never came.
+    """
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await main(stop)
+        loop.add_signal_handler(signal.SIGHUP, tls_reload.reload)
+        watcher = asyncio.create_task(tls_reload.watch())
+        try:
+            await main(stop)
+        finally:
+            watcher.cancel()
 
     asyncio.run(runner())
 
@@ -199,6 +210,8 @@ def run_workers(
         if pid == 0:
             code = 0
             try:
+                # Until run() installs its own handler, a SIGHUP must not kill the worker.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _die_with_parent(parent)
@@ -218,8 +231,15 @@ def run_workers(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def forward(signum: int, _frame: object) -> None:
+        # SIGHUP (certificate renewed) goes to every worker: each holds its own TLS contexts.
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, forward)
     started: dict[int, float] = {}
     quick_deaths: dict[int, int] = {}
     for index in range(count):
