@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from . import daemon
+from . import backup, daemon
 from .config import Config, Listener
 
 log = logging.getLogger("mailroom.metrics")
@@ -24,9 +24,12 @@ MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 10
 
 
-def render(state_dir: Path) -> bytes:
+def render(state_dir: Path, backup_state_dir: Path | None = backup.DEFAULT_STATE_DIR) -> bytes:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(state_dir))
+    # Backups run from timers, not as daemons: their outcome is read from the status file now.
+    if backup_state_dir is not None:
+        registry.register(backup.collector(backup_state_dir))
     return generate_latest(registry)
 
 
