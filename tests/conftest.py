@@ -5,12 +5,14 @@ from __future__ import annotations
 import getpass
 import grp
 import os
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,3 +180,55 @@ def smtpd(tmp_path: Path, tls_files: tuple[Path, Path]) -> Iterator[Smtpd]:
     yield server
     server.process.terminate()
     server.process.wait(10)
+
+
+DNSMASQ = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None)
+
+
+@contextmanager
+def dnsmasq(records: list[str], folder: Path, probe: tuple[str, str]) -> Iterator[int]:
+    """A real DNS server (dnsmasq) on 127.0.0.1 at a free port, authoritative for *.test.
+
+    records are dnsmasq options (--txt-record=..., --mx-host=...); probe is a
+    (name, type) it must answer before the port is handed out.
+    """
+    import dns.resolver
+
+    assert DNSMASQ is not None, "dnsmasq is not installed (apt-get install dnsmasq)"
+    port = free_port()
+    log = folder / "dnsmasq.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                DNSMASQ,
+                "--no-daemon",
+                f"--port={port}",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--conf-file=/dev/null",
+                "--local=/test/",
+                *records,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
+        resolver.port = port
+        resolver.lifetime = 0.5
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                resolver.resolve(*probe)
+                break
+            except Exception:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"dnsmasq does not answer: {log.read_text()}") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)

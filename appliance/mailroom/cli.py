@@ -29,6 +29,10 @@ def config_check(args: argparse.Namespace) -> int:
                 server_context(config.tls_certificate, config.tls_private_key)
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 raise ConfigError("tls", f"cannot load certificate and key: {exc}") from None
+        if config.dkim_keys:
+            from .dkim import load_keys
+
+            load_keys(config)  # a missing or broken key fails here, naming dkim.keys[N].private_key
     except ConfigError as exc:
         print(f"mailroom: {args.file}: {exc}", file=sys.stderr)
         return 1
@@ -276,6 +280,31 @@ def webd(args: argparse.Namespace) -> int:
     return 0
 
 
+def dns_records(args: argparse.Namespace) -> int:
+    """Print the DNS records to publish for each domain (table, zone-file snippet or JSON)."""
+    config = _load("dns", args.config)
+    if config is None:
+        return 1
+    from . import dnsrecords
+    from .dkim import load_keys
+
+    try:
+        keys = load_keys(config)
+        certificate = dnsrecords.certificate_of(config) if args.tlsa else None
+    except ConfigError as exc:
+        print(f"mailroom dns: {args.config}: {exc}", file=sys.stderr)
+        return 1
+    found = dnsrecords.records(config, keys, certificate)
+    policy = dnsrecords.mta_sts_policy(config)
+    if args.json:
+        print(dnsrecords.render_json(found, policy))
+    elif args.zone:
+        print(dnsrecords.render_zone(found), end="")
+    else:
+        print(dnsrecords.render_table(found, policy), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailroom", description="Mailroom mail appliance")
     parser.add_argument("--version", action="version", version=f"mailroom {__version__}")
@@ -357,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = commands.add_parser("metricsd", help="run the metrics endpoint (Prometheus) in the foreground")
     metrics.add_argument("--config", default=DEFAULT_CONFIG)
     metrics.set_defaults(func=metricsd)
+
+    dns = commands.add_parser("dns", help="the DNS records to publish for each domain, each with its reason")
+    dns.add_argument("--config", default=DEFAULT_CONFIG)
+    dns_format = dns.add_mutually_exclusive_group()
+    dns_format.add_argument("--zone", action="store_true", help="zone-file snippets, one per zone")
+    dns_format.add_argument("--json", action="store_true", help="machine-readable output")
+    dns.add_argument("--tlsa", action="store_true", help="add the certificate's TLSA record (DANE)")
+    dns.set_defaults(func=dns_records)
     return parser
 
 

@@ -31,6 +31,12 @@ MTA_STS_MODES = ("none", "testing", "enforce")
 ACME_KEY_TYPES = ("ecdsa", "rsa")
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 MAX_ALIAS_TARGETS = 1000
+# DKIM signature algorithms: RSA (RFC 6376, RFC 8301) and Ed25519 (RFC 8463).
+DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
+# A DKIM selector: one or more DNS labels (RFC 6376 3.1).
+DKIM_SELECTOR_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+DMARC_POLICIES = ("none", "quarantine", "reject")
+MTA_STS_MODES = ("none", "testing", "enforce")
 
 
 class ConfigError(ValueError):
@@ -124,6 +130,28 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class DkimKey:
+    """One signing key: mail From this domain gets a signature with this selector and key."""
+
+    domain: str
+    selector: str
+    algorithm: str  # rsa-sha256 | ed25519-sha256
+    private_key: Path  # PEM (PKCS#1 or PKCS#8)
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    """What `mailroom dns` needs beyond the rest of the file: only that command reads it."""
+
+    ipv4: str | None = None  # public addresses of the host; None: a placeholder in the output
+    ipv6: str | None = None
+    dmarc_policy: str = "quarantine"
+    dmarc_report_to: str | None = None  # None: postmaster@<domain>
+    mta_sts_mode: str = "testing"  # testing until the policy host has a trusted certificate
+    mta_sts_max_age: int = 604800  # seconds senders cache the MTA-STS policy
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     domains: tuple[str, ...]
@@ -154,6 +182,9 @@ class Config:
     acme: Acme | None = None
     # Absent web section: no web endpoint (webd refuses to start).
     web: Web | None = None
+    # Absent dkim section: nothing is signed.
+    dkim_keys: tuple[DkimKey, ...] = ()
+    dns: DnsSettings = field(default_factory=DnsSettings)
     source: Path | None = field(default=None, compare=False)
 
 
@@ -239,6 +270,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
             "run_as",
             "domains",
             "users",
+            "dkim",
+            "dns",
             "aliases",
             "store",
             "queue",
@@ -355,6 +388,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
         smtp_max_message_size=max_size,
         smtp_listeners=tuple(listeners),
         smtp_workers=workers,
+        dkim_keys=_parse_dkim(top, domains),
+        dns=_parse_dns(top),
         aliases=aliases,
         smtp_limits=limits,
         min_free_bytes=min_free,
@@ -509,6 +544,75 @@ def _parse_delivery(top: _Reader) -> Delivery:
         scan_interval=_number(reader, "scan_interval", defaults.scan_interval, 0.05, 3600),
         max_received_headers=reader.integer(
             "max_received_headers", defaults.max_received_headers, minimum=5, maximum=1000
+        ),
+    )
+
+
+def _parse_dkim(top: _Reader, domains: list[str]) -> tuple[DkimKey, ...]:
+    if top.raw("dkim", None) is None:
+        return ()
+    reader = top.sub("dkim")
+    reader.check_unknown({"keys"})
+    keys: list[DkimKey] = []
+    for i, raw in enumerate(reader.items("keys")):
+        entry = _Reader(raw, f"dkim.keys[{i}]")
+        entry.check_unknown({"domain", "selector", "algorithm", "private_key"})
+        domain = entry.string("domain").lower()
+        if domain not in domains:
+            raise ConfigError(entry.key("domain"), f"{domain!r} is not one of the domains")
+        selector = entry.string("selector").lower()
+        if len(selector) > 253 or not DKIM_SELECTOR_RE.match(selector):
+            raise ConfigError(entry.key("selector"), f"{selector!r} is not a DNS name (a-z, 0-9, -, dots)")
+        algorithm = entry.string("algorithm", "rsa-sha256")
+        if algorithm not in DKIM_ALGORITHMS:
+            raise ConfigError(entry.key("algorithm"), f"must be one of {', '.join(DKIM_ALGORITHMS)}")
+        for other in keys:
+            if other.domain == domain and other.selector == selector:
+                raise ConfigError(entry.key("selector"), f"{selector!r} is used twice for {domain}")
+            if other.domain == domain and other.algorithm == algorithm:
+                raise ConfigError(entry.key("algorithm"), f"{domain} has a {algorithm} key already")
+        path = _absolute_path(entry, "private_key")
+        assert path is not None
+        keys.append(DkimKey(domain, selector, algorithm, path))
+    if not keys:
+        raise ConfigError("dkim.keys", "must list at least one key (or leave dkim out)")
+    return tuple(keys)
+
+
+def _parse_dns(top: _Reader) -> DnsSettings:
+    reader = top.sub("dns", {})
+    reader.check_unknown(set(DnsSettings.__dataclass_fields__))
+    defaults = DnsSettings()
+    addresses: dict[str, str | None] = {}
+    for name, version in (("ipv4", 4), ("ipv6", 6)):
+        value = reader.raw(name, None)
+        if value is not None:
+            try:
+                parsed = ipaddress.ip_address(str(value))
+            except ValueError:
+                parsed = None
+            if parsed is None or parsed.version != version:
+                raise ConfigError(reader.key(name), f"{value!r} is not an IPv{version} address")
+            value = str(parsed)
+        addresses[name] = value
+    policy = reader.string("dmarc_policy", defaults.dmarc_policy)
+    if policy not in DMARC_POLICIES:
+        raise ConfigError(reader.key("dmarc_policy"), f"must be one of {', '.join(DMARC_POLICIES)}")
+    report_to = reader.raw("dmarc_report_to", None)
+    if report_to is not None and (not isinstance(report_to, str) or not is_valid_address(report_to.lower())):
+        raise ConfigError(reader.key("dmarc_report_to"), f"{report_to!r} is not a valid mail address")
+    mode = reader.string("mta_sts_mode", defaults.mta_sts_mode)
+    if mode not in MTA_STS_MODES:
+        raise ConfigError(reader.key("mta_sts_mode"), f"must be one of {', '.join(MTA_STS_MODES)}")
+    return DnsSettings(
+        ipv4=addresses["ipv4"],
+        ipv6=addresses["ipv6"],
+        dmarc_policy=policy,
+        dmarc_report_to=report_to.lower() if report_to else None,
+        mta_sts_mode=mode,
+        # RFC 8461 3.2: at most 31557600 seconds (one year).
+        mta_sts_max_age=reader.integer(
+            "mta_sts_max_age", defaults.mta_sts_max_age, minimum=86400, maximum=31557600
         ),
     )
 

@@ -9,6 +9,7 @@ scans run in worker threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -20,6 +21,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from .. import metrics
 from ..accounts import Directory, Resolution
 from ..config import Config, User, is_plausible_address, split_address
+from ..dkim import Signer
 from ..fsutil import free_bytes
 from ..queue import Envelope as QueueEnvelope
 from ..queue import Spool, SpoolError
@@ -163,6 +165,10 @@ class Handler:
     def may_relay(self, session: Session) -> bool:
         return False
 
+    async def signed(self, session: Session, body: bytes) -> bytes:
+        """The message as it is stored: with DKIM signatures where this listener adds them."""
+        return body
+
     async def any_mailbox_full(self, users: tuple[User, ...]) -> bool:
         loop = asyncio.get_running_loop()
         for user in users:
@@ -197,7 +203,8 @@ class Handler:
             if user.quota_bytes and len(body) > user.quota_bytes:
                 return refuse(server, "data", replies.OVER_QUOTA)
         single = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
-        message = received_header(self.config, server, session, queue_id, single) + body
+        signed = await self.signed(session, body)
+        message = received_header(self.config, server, session, queue_id, single) + signed
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
@@ -244,6 +251,19 @@ class SubmissionHandler(Handler):
     """Ports 587 and 465: logged-in users send as themselves, to anywhere."""
 
     offers_auth = True
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        # Keys are read once, here: a missing or broken key stops smtpd at start.
+        self.signer = Signer.from_config(self.config)
+
+    async def signed(self, session: Session, body: bytes) -> bytes:
+        user = session.auth_data
+        if self.signer is None or not isinstance(user, User):
+            return body
+        may_use = functools.partial(self.directory.may_send_as, user)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.signer.sign, body, may_use) + body
 
     def check_sender(self, session: Session, address: str) -> replies.Reply | None:
         user = session.auth_data
