@@ -24,7 +24,8 @@ splitter is our own and works on octets (the `email` package loses offsets and i
 - Strings are written raw: header values are unfolded (CRLFs removed) but not decoded, so
   encoded-words stay as sent and 8-bit octets go as literals. NUL octets in these strings become
   0x80 (NUL is not allowed in an IMAP string). Section data (BODY[...]) is returned as stored.
-- Parameters: names are lower-cased; quoted values are unquoted. RFC 2231 continuations
+- Types, subtypes and parameter names are written as sent (clients compare them without regard
+  to case); quoted values are unquoted. RFC 2231 continuations
   (`name*0*=`, `name*1=`...) are joined into one parameter; when any segment is extended the
   result is named `name*` and keeps the `charset'language'%XX` form as sent (like Dovecot), so
   a client decodes it as it would a single `name*=` parameter. Text parts get the default
@@ -255,6 +256,11 @@ class _Entity:
     def raw_values(self, name: str) -> list[bytes]:
         return [_unfold(raw) for n, raw in self.fields() if n == name]
 
+    def last(self, name: str) -> bytes | None:
+        """The last such field (ENVELOPE takes the last, as Dovecot does)."""
+        values = self.raw_values(name)
+        return values[-1] if values else None
+
     def first(self, name: str) -> bytes | None:
         for n, raw in self.fields():
             if n == name:
@@ -263,7 +269,7 @@ class _Entity:
 
     # -- MIME --------------------------------------------------------------------------------
     def ctype(self) -> tuple[str, str, list[tuple[str, str]]]:
-        """(type, subtype, params) as written (type/subtype as sent, names lower-case)."""
+        """(type, subtype, params) as sent."""
         if self._ctype is None:
             raw = self.first("content-type")
             parsed = _content_type(raw.decode("latin-1")) if raw is not None else None
@@ -279,7 +285,8 @@ class _Entity:
         raw = self.first("content-transfer-encoding")
         if raw is None:
             return ""
-        return _strip_comments(raw.decode("latin-1")).strip()
+        words = _strip_comments(raw.decode("latin-1")).split()
+        return words[0] if words else ""  # a token: "base64 junk" is base64
 
     @property
     def kind(self) -> str:
@@ -345,11 +352,11 @@ class _Entity:
     def _parts(self, as_message: bool) -> list[_Entity]:
         if self.kind == "multipart":
             return self.children()
-        if as_message:
-            return [self]  # part 1 of a single-part message is its body
-        if self.kind == "message":
+        if self.kind == "message" and not as_message:
             return self.inner()._parts(True)
-        return []  # a single part has no sub-parts
+        # part 1 of a single-part message is its body; like Dovecot, part 1 of any other
+        # single part is that part again (RFC 3501 leaves it undefined)
+        return [self]
 
 
 # -- header fields --------------------------------------------------------------------------------
@@ -469,7 +476,7 @@ def _params(s: str) -> list[tuple[str, str]]:
         if eq < 0 or (0 <= semi < eq):
             i = n if semi < 0 else semi + 1
             continue
-        name = s[i:eq].strip().lower()
+        name = s[i:eq].strip()
         i = eq + 1
         while i < n and s[i] in " \t":
             i += 1
@@ -485,9 +492,11 @@ def _params(s: str) -> list[tuple[str, str]]:
             semi = s.find(";", i)
             i = n if semi < 0 else semi + 1
         else:
+            # a token; leniently also with tspecials such as "=" (boundary=----=_Part_1),
+            # up to whitespace or ";" (then anything up to the ";" is dropped)
             semi = s.find(";", i)
             end = n if semi < 0 else semi
-            val = s[i:end].strip()
+            val = s[i:end].strip().split(None, 1)[0] if s[i:end].strip() else ""
             i = end + 1
         if name:
             raw.append((name, val))
@@ -498,15 +507,16 @@ def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     if not any("*" in name for name, _ in params):
         return _first_of_each(params)
     pieces: dict[str, dict[int, tuple[bool, str]]] = {}
-    order: list[tuple[str, str | None]] = []  # (name, value) or (base, None) for a joined one
+    order: list[tuple[str, str | None]] = []  # (name, value), or (base, None) for a joined one
     for name, val in params:
         m = _CONTINUATION.match(name)
         if m:
             base, index, ext = m.group(1), int(m.group(2)), bool(m.group(3))
-            if base not in pieces:
-                pieces[base] = {}
+            key = base.lower()
+            if key not in pieces:
+                pieces[key] = {}
                 order.append((base, None))
-            pieces[base].setdefault(index, (ext, val))
+            pieces[key].setdefault(index, (ext, val))
         else:
             order.append((name, val))
     out: list[tuple[str, str]] = []
@@ -514,7 +524,7 @@ def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
         if val is not None:
             out.append((name, val))
             continue
-        segs = pieces[name]
+        segs = pieces[name.lower()]
         indexes = []
         i = 0
         while i in segs:  # RFC 2231 3: segments 0, 1, 2, ... in order; stop at a gap
@@ -522,8 +532,7 @@ def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
             i += 1
         if not indexes:
             indexes = sorted(segs)
-        extended = any(segs[k][0] for k in indexes)
-        if extended:
+        if any(segs[k][0] for k in indexes):
             text = "".join(segs[k][1] if segs[k][0] else _pct(segs[k][1]) for k in indexes)
             if not segs[indexes[0]][0]:
                 text = "''" + text  # the joined value needs the charset'language' prefix
@@ -543,15 +552,15 @@ def _first_of_each(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     seen: set[str] = set()
     out = []
     for name, val in params:
-        if name not in seen:
-            seen.add(name)
+        if name.lower() not in seen:
+            seen.add(name.lower())
             out.append((name, val))
     return out
 
 
 def _param(params: list[tuple[str, str]], name: str) -> str:
     for n, v in params:
-        if n == name:
+        if n.lower() == name:
             return v
     return ""
 
@@ -609,16 +618,16 @@ def _envelope(e: _Entity) -> bytes:
     sender = _addresses(e, "sender") or from_
     reply_to = _addresses(e, "reply-to") or from_
     items = [
-        _s(e.first("date")),
-        _s(e.first("subject")),
+        _s(e.last("date")),
+        _s(e.last("subject")),
         _address_list(from_),
         _address_list(sender),
         _address_list(reply_to),
         _address_list(_addresses(e, "to")),
         _address_list(_addresses(e, "cc")),
         _address_list(_addresses(e, "bcc")),
-        _s(e.first("in-reply-to")),
-        _s(e.first("message-id")),
+        _s(e.last("in-reply-to")),
+        _s(e.last("message-id")),
     ]
     return b"(" + b" ".join(items) + b")"
 
@@ -630,10 +639,11 @@ def _address_list(addrs: list[tuple]) -> bytes:
 
 
 def _addresses(e: _Entity, name: str) -> list[tuple]:
-    raw = e.first(name)
-    if raw is None:
-        return []
-    return parse_addresses(raw.decode("latin-1"))
+    """The addresses of every such field together (a message with two To: lines has both)."""
+    out: list[tuple] = []
+    for raw in e.raw_values(name):
+        out += parse_addresses(raw.decode("latin-1"))
+    return out[:MAX_ADDRESSES]
 
 
 _ATOM = re.compile(r'[^\s"\[<>@,;:()]+')  # dots stay in atoms: dot-atoms and "Joe Q. Public"
@@ -734,11 +744,15 @@ def parse_addresses(s: str) -> list[tuple[str | None, str | None, str | None, st
             sep = toks[i][1] if i < n else ""
             out.append((name, adl, mailbox, host))
         elif phrase:
-            out.append(_addr_spec(phrase))
+            spec = _addr_spec(phrase)
+            if spec is not None:
+                out.append(spec)
+        i += 1
         if sep == ";" and in_group:
             out.append((None, None, None, None))
             in_group = False
-        i += 1
+            while i < n and toks[i] != ("s", ","):  # junk after a group's ";"
+                i += 1
     if in_group:
         out.append((None, None, None, None))
     return out
@@ -761,20 +775,26 @@ def _route_addr(toks: list[tuple]) -> tuple[str | None, str, str]:
                 adl = _raw(toks[:k])
                 toks = toks[k + 1 :]
                 break
-    _, _, mailbox, host = _addr_spec(toks)
-    if not toks:
-        return adl, "", ""
-    return adl, mailbox or "", host or ""
+    spec = _addr_spec(toks)
+    if spec is None:  # "<>"
+        return adl, "MISSING_MAILBOX", "MISSING_DOMAIN"
+    return adl, spec[2], spec[3]
 
 
-def _addr_spec(toks: list[tuple]) -> tuple[str | None, None, str | None, str | None]:
+def _addr_spec(toks: list[tuple]) -> tuple[str | None, None, str, str] | None:
+    """local@domain, the name from a comment; None when there is nothing but comments."""
     comments = [t[1].strip() for t in toks if t[0] == "c" and t[1].strip()]
     toks = [t for t in toks if t[0] != "c"]
+    if not toks:
+        return None
     at = max((k for k, t in enumerate(toks) if t == ("s", "@")), default=-1)
     if at < 0:
         local, host = _raw(toks), "MISSING_DOMAIN"
     else:
-        local, host = _raw(toks[:at]), _raw(toks[at + 1 :]) or "MISSING_DOMAIN"
+        # the domain is one dot-atom or domain-literal; words after it are junk
+        after = toks[at + 1 : at + 2]
+        local = _raw(toks[:at])
+        host = after[0][1] if after and after[0][0] in ("a", "d") else "MISSING_DOMAIN"
     return (comments[-1] if comments else None, None, local or "MISSING_MAILBOX", host)
 
 
@@ -784,7 +804,7 @@ def _raw(toks: list[tuple]) -> str:
 
 def _params_value(params: list[tuple[str, str]], text: bool) -> bytes:
     items = list(params)
-    if text and not any(n == "charset" for n, _ in items):
+    if text and not any(n.lower() == "charset" for n, _ in items):
         items.append(("charset", "us-ascii"))
     if not items:
         return b"NIL"
@@ -843,10 +863,9 @@ def _body(e: _Entity, ext: bool) -> bytes:
 
 
 def _lines(body: bytes) -> int:
-    """Text lines: the LFs, and a last line that has none (ended by a boundary's CRLF)."""
-    if not body:
-        return 0
-    return body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
+    """Text lines: the line ends in the body. A last line without one (a part ended by the
+    CRLF of the next delimiter) is not counted, as Dovecot counts."""
+    return body.count(b"\n")
 
 
 def _decode_cte(cte: str, body: bytes) -> bytes | None:
