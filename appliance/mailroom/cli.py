@@ -198,6 +198,19 @@ def pop3d(args: argparse.Namespace) -> int:
     return 0
 
 
+def imapd(args: argparse.Namespace) -> int:
+    config = _load_for_daemon("imapd", args.config)
+    if config is None:
+        return 1
+    if not config.imap_listeners:
+        print(f"mailroom imapd: {args.config}: imap: is not configured", file=sys.stderr)
+        return 1
+    from .imap.server import serve  # after enable_shared_metrics (see there)
+
+    serve(config)
+    return 0
+
+
 def deliveryd(args: argparse.Namespace) -> int:
     config = _load_for_daemon("deliveryd", args.config)
     if config is None:
@@ -359,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     pop3 = commands.add_parser("pop3d", help="run the POP3 daemon in the foreground")
     pop3.add_argument("--config", default=DEFAULT_CONFIG)
     pop3.set_defaults(func=pop3d)
+
+    imap = commands.add_parser("imapd", help="run the IMAP daemon in the foreground")
+    imap.add_argument("--config", default=DEFAULT_CONFIG)
+    imap.set_defaults(func=imapd)
 
     delivery = commands.add_parser("deliveryd", help="run the outbound delivery daemon in the foreground")
     delivery.add_argument("--config", default=DEFAULT_CONFIG)

@@ -24,6 +24,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LISTENER_NAMES = ("mx", "submission", "submissions")
 # pop3: port 110, STLS then login (RFC 2595); pop3s: 995, implicit TLS (RFC 8314).
 POP3_LISTENER_NAMES = ("pop3", "pop3s")
+# imap: port 143, STARTTLS then login (RFC 3501 6.2.1); imaps: 993, implicit TLS (RFC 8314).
+IMAP_LISTENER_NAMES = ("imap", "imaps")
 USER_STATES = ("active", "disabled")
 # web: port 80 (ACME HTTP-01 challenges, redirects); webs: 443 (MTA-STS policy, client autoconfiguration).
 WEB_LISTENER_NAMES = ("web", "webs")
@@ -105,6 +107,19 @@ class Pop3Limits:
 
 
 @dataclass(frozen=True)
+class ImapLimits:
+    max_errors: int = 20  # BAD replies in one session, then BYE
+    max_commands_before_login: int = 20  # then BYE: a client that cannot log in has no business here
+    login_timeout: int = 60  # seconds waiting for a command before login
+    # seconds waiting for a command after login (RFC 3501 5.4: at least 30 minutes); IDLE too
+    idle_timeout: int = 1800
+    line_limit: int = 65536  # octets of one command outside its literals
+    max_connections_per_ip: int = 50  # clients keep several connections open (one per IDLE folder)
+    max_connections: int = 5000
+    max_literal_before_login: int = 8192  # octets in the literals of one command before login
+
+
+@dataclass(frozen=True)
 class Metrics:
     address: str
     port: int
@@ -174,6 +189,10 @@ class Config:
     # Absent pop3 section: no POP3 listeners (pop3d refuses to start).
     pop3_listeners: tuple[Listener, ...] = ()
     pop3_limits: Pop3Limits = field(default_factory=Pop3Limits)
+    # Absent imap section: no IMAP listeners (imapd refuses to start).
+    imap_listeners: tuple[Listener, ...] = ()
+    imap_limits: ImapLimits = field(default_factory=ImapLimits)
+    imap_workers: int = 1
     # Runtime state shared by the daemons (login throttling); a tmpfs, emptied at boot.
     runtime_dir: Path = Path("/run/mailroom")
     log_level: str = "info"
@@ -281,6 +300,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
             "pop3",
             "runtime_dir",
             "log_level",
+            "imap",
             "delivery",
             "web",
         }
@@ -372,6 +392,9 @@ def parse(data: Any, source: Path | None = None) -> Config:
 
     runtime_dir = _absolute_path(top, "runtime_dir", "/run/mailroom")
     assert runtime_dir is not None
+    imap_listeners, imap_limits, imap_workers = _parse_imap(
+        top, [*listeners, *pop3_listeners], has_tls=cert is not None
+    )
     log_level = top.string("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
@@ -400,6 +423,9 @@ def parse(data: Any, source: Path | None = None) -> Config:
         runtime_dir=runtime_dir,
         log_level=log_level,
         delivery=_parse_delivery(top),
+        imap_listeners=imap_listeners,
+        imap_limits=imap_limits,
+        imap_workers=imap_workers,
         acme=_parse_acme(tls, hostname, domains) if tls.raw("acme", None) is not None else None,
         web=_parse_web(top, hostname, domains) if top.raw("web", None) is not None else None,
         source=source,
@@ -455,6 +481,37 @@ def _absolute_path(reader: _Reader, name: str, default: Any = ...) -> Path | Non
     value = reader.raw(name, default)
     if value is None:
         return None
+def _parse_imap(
+    top: _Reader, other_listeners: list[Listener], has_tls: bool
+) -> tuple[tuple[Listener, ...], ImapLimits, int]:
+    if top.raw("imap", None) is None:
+        return (), ImapLimits(), 1
+    imap = top.sub("imap")
+    imap.check_unknown({"listeners", "limits", "workers"})
+    listeners = _parse_listeners(imap, "imap.listeners", IMAP_LISTENER_NAMES)
+    if not listeners:
+        raise ConfigError("imap.listeners", "must list at least one listener")
+    taken = [(li.address, li.port) for li in other_listeners]
+    for i, listener in enumerate(listeners):
+        if (listener.address, listener.port) in taken:
+            raise ConfigError(f"imap.listeners[{i}].port", f"{listener.port} is used by another listener")
+        taken.append((listener.address, listener.port))
+    if not has_tls:
+        raise ConfigError("tls", "imap listeners need a certificate: passwords travel only over TLS")
+    limits_reader = imap.sub("limits", {})
+    limits_reader.check_unknown(set(ImapLimits.__dataclass_fields__))
+    values = {
+        name: limits_reader.integer(name, default, minimum=1) for name, default in vars(ImapLimits()).items()
+    }
+    if values["idle_timeout"] < 1800:
+        # RFC 3501 5.4: an autologout timer after login must be at least 30 minutes.
+        raise ConfigError("imap.limits.idle_timeout", "must be at least 1800 seconds (RFC 3501 5.4)")
+    if values["line_limit"] < 1024:
+        raise ConfigError("imap.limits.line_limit", "must be at least 1024 octets")
+    workers = imap.integer("workers", 1, minimum=1, maximum=64)
+    return tuple(listeners), ImapLimits(**values), workers
+
+
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(reader.key(name), "must be an absolute path")
     return Path(value)

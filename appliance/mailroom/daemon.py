@@ -15,8 +15,10 @@ import socket
 import ssl
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from . import tls as tls_reload
 from .config import Config, Listener
@@ -268,3 +270,32 @@ def run_workers(
         time.sleep(0.2)  # a worker that dies at once must not spin
         spawn(index)
         started[index] = time.monotonic()
+
+
+class ConnectionLimits(Protocol):
+    max_connections: int
+    max_connections_per_ip: int
+
+
+class ConnectionLimiter:
+    """Open connections, in total and per client address, for one daemon process (POP3, IMAP)."""
+
+    def __init__(self, limits: ConnectionLimits, workers: int = 1) -> None:
+        # Each worker process counts its own connections: the daemon's limit is split between them.
+        self.max_total = max(1, limits.max_connections // workers)
+        self.max_per_ip = limits.max_connections_per_ip
+        self.total = 0
+        self.per_ip: dict[str, int] = defaultdict(int)
+
+    def admit(self, ip: str) -> bool:
+        if self.total >= self.max_total or self.per_ip[ip] >= self.max_per_ip:
+            return False
+        self.total += 1
+        self.per_ip[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]

@@ -67,3 +67,39 @@ DELIVERY_SECONDS = Histogram(
     "Time from arrival in the spool to acceptance by the remote MTA",
     buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400),
 )
+
+IMAP_SESSIONS = Counter("mailroom_imap_sessions", "IMAP sessions accepted", ["listener"])
+IMAP_CONNECTIONS_REFUSED = Counter(
+    "mailroom_imap_connections_refused", "IMAP connections refused by a limit", ["listener"]
+)
+IMAP_TLS_SESSIONS = Counter("mailroom_imap_tls_sessions", "IMAP sessions that went TLS", ["listener", "kind"])
+IMAP_AUTH = Counter(
+    "mailroom_imap_auth", "IMAP logins by result (success, failure, locked, error)", ["result"]
+)
+IMAP_COMMANDS = Counter(
+    "mailroom_imap_commands", "IMAP commands by name and completion", ["command", "status"]
+)
+IMAP_IDLE = Gauge("mailroom_imap_idle_sessions", "IMAP sessions in IDLE now", multiprocess_mode="livesum")
+IMAP_OPEN_SESSIONS = Gauge(
+    "mailroom_imap_open_sessions", "IMAP sessions open now", multiprocess_mode="livesum"
+)
+IMAP_BYTES = Counter(
+    "mailroom_imap_bytes", "IMAP octets by direction (in, out; before compression)", ["direction"]
+)
+
+# Inbound filtering on the mx listener (filtering/). check: spf, dkim, dmarc, dnsbl, greylist,
+# spam, virus, sender_list; result: that check's outcome (pass, fail, junk, reject, infected, ...).
+FILTER_VERDICTS = Counter(
+    "mailroom_filter_verdicts", "Filtering verdicts by check and result", ["check", "result"]
+)
+FILTER_SCAN_SECONDS = Histogram(
+    "mailroom_filter_scan_seconds",
+    "Time one filtering engine took for one message or connection",
+    ["engine"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+FILTER_ENGINE_ERRORS = Counter(
+    "mailroom_filter_engine_errors",
+    "Filtering engines that failed (kind: timeout, error), whatever the fail-open/closed choice",
+    ["engine", "kind"],
+)

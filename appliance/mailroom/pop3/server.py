@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import daemon, metrics
 from ..accounts import Directory
-from ..config import Config, Listener, Pop3Limits
+from ..config import Config, Listener
 from ..store import MaildirStore
 from . import protocol
 from .session import TLS_HANDSHAKE_TIMEOUT, Session
@@ -24,28 +23,6 @@ log = logging.getLogger("mailroom.pop3")
 
 # The stream buffer: room for the longest line we accept (AUTH), and more to detect longer ones.
 STREAM_LIMIT = 2 * protocol.MAX_AUTH_LINE
-
-
-class ConnectionLimiter:
-    """Open connections, in total and per client address, for one daemon process."""
-
-    def __init__(self, limits: Pop3Limits) -> None:
-        self.limits = limits
-        self.total = 0
-        self.per_ip: dict[str, int] = defaultdict(int)
-
-    def admit(self, ip: str) -> bool:
-        if self.total >= self.limits.max_connections or self.per_ip[ip] >= self.limits.max_connections_per_ip:
-            return False
-        self.total += 1
-        self.per_ip[ip] += 1
-        return True
-
-    def release(self, ip: str) -> None:
-        self.total -= 1
-        self.per_ip[ip] -= 1
-        if self.per_ip[ip] <= 0:
-            del self.per_ip[ip]
 
 
 def serve(config: Config) -> None:
@@ -60,7 +37,7 @@ def serve(config: Config) -> None:
         return store.mailbox(address).path
 
     async def main(stop: asyncio.Event) -> None:
-        limiter = ConnectionLimiter(config.pop3_limits)
+        limiter = daemon.ConnectionLimiter(config.pop3_limits)
         sessions: set[asyncio.Task[None]] = set()
 
         def handler(listener: Listener) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:

@@ -1,0 +1,126 @@
+"""FETCH responses (RFC 3501 6.4.5, 7.4.2) for one message, from the store and the message parser.
+
+Flags, UID, MODSEQ, RFC822.SIZE and INTERNALDATE come from the file name and a stat; the file
+is read only when an item needs the content, and only its header when nothing needs more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from ..store import Folder, MessageInfo
+from .message import ParsedMessage
+from .protocol import fetch as f
+from .protocol import responses as r
+
+# Items that need the whole message; HEADER-only sections need only the header.
+_CONTENT_ATTRS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822", "RFC822.TEXT"})
+_HEADER_ATTRS = frozenset({"ENVELOPE", "RFC822.HEADER"})
+HEADER_READ = 64 * 1024  # octets read for header-only items; a longer header falls back to all
+
+
+def sets_seen(items: Sequence[f.FetchAttr]) -> bool:
+    """Whether fetching these items sets \\Seen (RFC 3501 6.4.5: BODY[...] and RFC822[.TEXT])."""
+    for item in items:
+        if isinstance(item, f.Section):
+            if not item.peek and item.kind in ("BODY", "BINARY"):
+                return True
+        elif item.name in ("RFC822", "RFC822.TEXT"):
+            return True
+    return False
+
+
+def needs_content(items: Sequence[f.FetchAttr]) -> str | None:
+    """None (file name is enough), "header" or "all"."""
+    need = None
+    for item in items:
+        if isinstance(item, f.Section):
+            header_only = not item.part and item.text in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")
+            if not (header_only and item.kind == "BODY"):
+                return "all"
+            need = "header"
+        elif item.name in _HEADER_ATTRS:
+            need = "header"
+        elif item.name in _CONTENT_ATTRS:
+            return "all"
+    return need
+
+
+def read_content(folder: Folder, uid: int, need: str | None) -> bytes | None:
+    if need is None:
+        return None
+    with folder.open(uid) as handle:
+        if need == "all":
+            return handle.read()
+        data = handle.read(HEADER_READ)
+        if b"\n\n" in data or b"\r\n\r\n" in data or len(data) < HEADER_READ:
+            return data
+        return data + handle.read()
+
+
+def internaldate(info: MessageInfo) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(info.internaldate), dt.UTC)
+
+
+def render(
+    seq: int,
+    info: MessageInfo,
+    items: Sequence[f.FetchAttr],
+    content: bytes | None,
+    *,
+    with_uid: bool,
+    with_modseq: bool,
+    with_flags: bool = False,
+) -> bytes:
+    """`* seq FETCH (...)` for one message; `content` as read_content() gave it."""
+    parsed = ParsedMessage(content) if content is not None else None
+    parts: list[bytes] = []
+    names: set[str] = set()
+
+    def add(name: str, value: bytes) -> None:
+        if name not in names:
+            names.add(name)
+            parts.append(name.encode("ascii") + b" " + value)
+
+    if with_uid:
+        add("UID", b"%d" % info.uid)
+    for item in items:
+        if isinstance(item, f.Section):
+            assert parsed is not None
+            if item.kind == "BINARY.SIZE":
+                add(item.response_name().decode("ascii"), b"%d" % len(parsed.binary(item.part) or b""))
+                continue
+            data = parsed.section(item)
+            parts.append(item.response_name() + b" " + r.literal(data))
+            continue
+        name = item.name
+        if name == "UID":
+            add("UID", b"%d" % info.uid)
+        elif name == "FLAGS":
+            add("FLAGS", r.value([r.Atom(x) for x in sorted(info.flags)]))
+        elif name == "INTERNALDATE":
+            add("INTERNALDATE", r.value(internaldate(info)))
+        elif name == "RFC822.SIZE":
+            add("RFC822.SIZE", b"%d" % info.wire_size)
+        elif name == "MODSEQ":
+            add("MODSEQ", b"(%d)" % info.modseq)
+        else:
+            assert parsed is not None
+            if name == "ENVELOPE":
+                add("ENVELOPE", parsed.envelope())
+            elif name == "BODYSTRUCTURE":
+                add("BODYSTRUCTURE", parsed.body_structure(True))
+            elif name == "BODY":
+                add("BODY", parsed.body_structure(False))
+            elif name == "RFC822":
+                add("RFC822", r.literal(parsed.data))
+            elif name == "RFC822.HEADER":
+                add("RFC822.HEADER", r.literal(parsed.header_bytes))
+            elif name == "RFC822.TEXT":
+                add("RFC822.TEXT", r.literal(parsed.text_bytes))
+    if with_flags:
+        add("FLAGS", r.value([r.Atom(x) for x in sorted(info.flags)]))
+    if with_modseq:
+        add("MODSEQ", b"(%d)" % info.modseq)
+    return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"

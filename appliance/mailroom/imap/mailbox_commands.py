@@ -1,0 +1,352 @@
+"""IMAP commands of the authenticated state: the folder tree, STATUS, APPEND, SELECT, quotas.
+
+RFC 3501 6.3 with LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), SPECIAL-USE (RFC 6154),
+CONDSTORE/QRESYNC at SELECT (RFC 7162), UIDPLUS's APPENDUID (RFC 4315), MULTIAPPEND (RFC 3502),
+APPENDLIMIT (RFC 7889) and QUOTA (RFC 9208). Mixed into `session.Session`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from ..store import FolderError, FolderExists, InvalidFlag, InvalidFolderName, Mailbox, NoSuchFolder
+from ..store.maildir import Maildir
+from ..store.names import INBOX, SEPARATOR, normalize
+from .base import Reply, State
+from .base import bad as _bad
+from .base import no as _no
+from .base import ok as _ok
+from .protocol import commands as c
+from .protocol import responses as r
+from .selected import Selected
+
+if TYPE_CHECKING:
+    from .session import Session
+
+STATUS_DEFAULT_UNSEEN = "\\Seen"
+
+
+def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
+    """LIST's reference + pattern as a regex: `*` matches anything, `%` anything but the separator."""
+    full = reference + pattern  # RFC 3501 6.3.8 leaves the joining to the server; this is Dovecot's
+    out = []
+    for ch in full:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append(f"[^{re.escape(SEPARATOR)}]*")
+        else:
+            out.append(re.escape(ch))
+    text = "".join(out)
+    # INBOX is case-insensitive (RFC 3501 5.1): match "inbox" and "InBox.sub" too.
+    if full[:5].upper() == INBOX and (len(full) == 5 or full[5] in (SEPARATOR, "*", "%")):
+        text = "(?i:INBOX)" + "".join(out[5:])
+    return re.compile(text + r"\Z", re.DOTALL)
+
+
+class MailboxCommands:
+    # ----------------------------------------------------------------- helpers
+
+    def _mailbox(self: Session) -> Mailbox:
+        assert self.mailbox is not None
+        return self.mailbox
+
+    # ----------------------------------------------------------------- NAMESPACE, quotas
+
+    async def do_namespace(self: Session, command: c.Namespace) -> Reply:
+        self.write(r.namespace())
+        return _ok("NAMESPACE completed")
+
+    async def _quota_response(self: Session) -> bytes:
+        assert self.user is not None
+        usage = await self.io(Maildir(self._mailbox().root).usage)
+        limit = self.user.quota_bytes
+        return r.quota("", [("STORAGE", usage // 1024, limit // 1024)]) if limit else b""
+
+    async def do_getquotaroot(self: Session, command: c.GetQuotaRoot) -> Reply:
+        assert self.user is not None
+        if not await self.io(self._mailbox().exists, command.mailbox):
+            return _no("No such folder", b"NONEXISTENT")
+        roots = [""] if self.user.quota_bytes else []
+        self.write(r.quotaroot(command.mailbox, roots))
+        self.write(await self._quota_response())
+        return _ok("GETQUOTAROOT completed")
+
+    async def do_getquota(self: Session, command: c.GetQuota) -> Reply:
+        assert self.user is not None
+        if command.root != "" or not self.user.quota_bytes:
+            return _no("No such quota root", b"NONEXISTENT")
+        self.write(await self._quota_response())
+        return _ok("GETQUOTA completed")
+
+    # ----------------------------------------------------------------- the folder tree
+
+    async def do_create(self: Session, command: c.Create) -> Reply:
+        if command.special_use:
+            wanted = self._mailbox().special_use(command.mailbox) if _valid(command.mailbox) else None
+            if any(use != wanted for use in command.special_use):
+                return _no("Special-use folders are the standard names (Sent, Drafts, ...)", b"USEATTR")
+        try:
+            await self.io(self._mailbox().create, command.mailbox)
+        except FolderExists:
+            return _no("Folder exists", b"ALREADYEXISTS")
+        except InvalidFolderName as exc:
+            return _no(f"Invalid folder name: {exc}", b"CANNOT")
+        return _ok("CREATE completed")
+
+    async def do_delete(self: Session, command: c.Delete) -> Reply:
+        if self.selected is not None and _same(self.selected.name, command.mailbox):
+            return _no("Cannot delete the selected folder; select another first", b"INUSE")
+        try:
+            await self.io(self._mailbox().delete, command.mailbox)
+        except NoSuchFolder:
+            return _no("No such folder", b"NONEXISTENT")
+        except InvalidFolderName as exc:
+            return _no(str(exc), b"CANNOT")
+        return _ok("DELETE completed")
+
+    async def do_rename(self: Session, command: c.Rename) -> Reply:
+        try:
+            await self.io(self._mailbox().rename, command.mailbox, command.new_name)
+        except NoSuchFolder:
+            return _no("No such folder", b"NONEXISTENT")
+        except FolderExists:
+            return _no("Target folder exists", b"ALREADYEXISTS")
+        except InvalidFolderName as exc:
+            return _no(str(exc), b"CANNOT")
+        return _ok("RENAME completed")
+
+    async def do_subscribe(self: Session, command: c.Subscribe) -> Reply:
+        try:
+            await self.io(self._mailbox().subscribe, command.mailbox)
+        except InvalidFolderName as exc:
+            return _no(str(exc), b"CANNOT")
+        return _ok("SUBSCRIBE completed")
+
+    async def do_unsubscribe(self: Session, command: c.Unsubscribe) -> Reply:
+        try:
+            await self.io(self._mailbox().unsubscribe, command.mailbox)
+        except InvalidFolderName as exc:
+            return _no(str(exc), b"CANNOT")
+        return _ok("UNSUBSCRIBE completed")
+
+    async def do_list(self: Session, command: c.List) -> Reply:
+        if command.patterns == ("",) and command.select_options is None:
+            # RFC 3501 6.3.8: the hierarchy delimiter and the root name.
+            self.write(r.list_response("", ["\\Noselect"]))
+            return _ok("LIST completed")
+        select = {o.upper() for o in command.select_options or ()}
+        returns = {o.upper() for o in command.return_options or ()}
+        subscribed_only = "SUBSCRIBED" in select
+        want_subscribed = subscribed_only or "SUBSCRIBED" in returns
+        special_only = "SPECIAL-USE" in select
+        mailbox = self._mailbox()
+        folders = await self.io(mailbox.folders)
+        subscriptions = set(await self.io(mailbox.subscriptions)) if want_subscribed else set()
+        patterns = [_pattern(command.reference, p) for p in command.patterns]
+        by_name = {f.name: f for f in folders}
+        names = list(by_name)
+        if subscribed_only:  # subscribed names that no longer exist are listed \NonExistent
+            names += [n for n in sorted(subscriptions) if n not in by_name]
+        for name in names:
+            if not any(p.match(name) for p in patterns):
+                continue
+            info = by_name.get(name)
+            if subscribed_only and name not in subscriptions:
+                continue
+            if special_only and (info is None or info.special_use is None):
+                continue
+            attributes = sorted(info.attributes) if info else ["\\NonExistent"]
+            if info and info.special_use:
+                attributes.append(info.special_use)
+            if want_subscribed and name in subscriptions:
+                attributes.append("\\Subscribed")
+            self.write(r.list_response(name, attributes))
+            if command.status_items is not None and info and "\\Noselect" not in info.attributes:
+                status = await self._status_items(name, command.status_items)
+                if status is not None:
+                    self.write(r.status(name, status))
+            await self.flush_if_large()
+        return _ok("LIST completed")
+
+    async def do_lsub(self: Session, command: c.Lsub) -> Reply:
+        mailbox = self._mailbox()
+        subscriptions = await self.io(mailbox.subscriptions)
+        existing = {f.name: f for f in await self.io(mailbox.folders)}
+        pattern = _pattern(command.reference, command.pattern)
+        for name in subscriptions:
+            if pattern.match(name):
+                info = existing.get(name)
+                attributes = ["\\Noselect"] if info is None or "\\Noselect" in info.attributes else []
+                self.write(r.list_response(name, attributes, kind="LSUB"))
+        return _ok("LSUB completed")
+
+    # ----------------------------------------------------------------- STATUS
+
+    def _status_now(self: Session, name: str, items: tuple[str, ...]) -> dict[str, int]:
+        folder = self._mailbox().folder(name)
+        messages = folder.messages()
+        out: dict[str, int] = {}
+        for name_ in items:
+            item = name_.upper()
+            if item == "MESSAGES":
+                out[item] = len(messages)
+            elif item == "RECENT":
+                out[item] = 0
+            elif item == "UIDNEXT":
+                out[item] = folder.uidnext
+            elif item == "UIDVALIDITY":
+                out[item] = folder.uidvalidity
+            elif item == "UNSEEN":
+                out[item] = sum(1 for m in messages if STATUS_DEFAULT_UNSEEN not in m.flags)
+            elif item == "HIGHESTMODSEQ":
+                out[item] = folder.highestmodseq
+            elif item == "DELETED":
+                out[item] = sum(1 for m in messages if "\\Deleted" in m.flags)
+            elif item == "SIZE":
+                out[item] = sum(m.wire_size for m in messages)
+            elif item == "APPENDLIMIT":
+                out[item] = self.append_limit
+        return out
+
+    async def _status_items(self: Session, name: str, items: tuple[str, ...]) -> dict[str, int] | None:
+        try:
+            result = await self.io(self._status_now, name, items)
+        except (NoSuchFolder, InvalidFolderName, FolderError):
+            return None
+        if "HIGHESTMODSEQ" in (i.upper() for i in items):
+            self.condstore = True  # RFC 7162 3.1: STATUS HIGHESTMODSEQ enables CONDSTORE
+        return result
+
+    async def do_status(self: Session, command: c.Status) -> Reply:
+        result = await self._status_items(command.mailbox, command.items)
+        if result is None:
+            return _no("No such folder", b"NONEXISTENT")
+        self.write(r.status(command.mailbox, result))
+        return _ok("STATUS completed")
+
+    # ----------------------------------------------------------------- APPEND
+
+    async def do_append(self: Session, command: c.Append) -> Reply:
+        assert self.user is not None
+        mailbox = self._mailbox()
+        try:
+            folder = await self.io(mailbox.folder, command.mailbox)
+        except (NoSuchFolder, InvalidFolderName):
+            return _no("No such folder", b"TRYCREATE")
+        messages = command.messages
+        total = sum(len(m.message) for m in messages)
+        if any(len(m.message) > self.append_limit for m in messages):
+            return _no("Message too big", b"TOOBIG")
+        if self.user.quota_bytes:
+            usage = await self.io(Maildir(mailbox.root).usage)
+            if usage + total > self.user.quota_bytes:
+                return _no("Over quota", b"OVERQUOTA")
+        uids = []
+        try:
+            for m in messages:
+                data = m.message.replace(b"\r\n", b"\n")  # the store keeps LF (see maildir.py)
+                when = m.internal_date.timestamp() if m.internal_date else None
+                flags = [f for f in m.flags or () if f.lower() != "\\recent"]
+                uids.append(await self.io(folder.append, data, flags, when))
+        except InvalidFlag as exc:
+            return _no(f"Invalid flag: {exc}")
+        except FolderError as exc:
+            return _no(f"Cannot append: {exc}", b"TRYCREATE")
+        code = r.code("APPENDUID", folder.uidvalidity, r.uid_set(uids))
+        return _ok("APPEND completed", code)
+
+    # ----------------------------------------------------------------- SELECT, EXAMINE
+
+    async def do_select(self: Session, command: c.Select) -> Reply:
+        return await self._select(command, readonly=False)
+
+    async def do_examine(self: Session, command: c.Examine) -> Reply:
+        return await self._select(command, readonly=True)
+
+    async def _select(self: Session, command: c.Select, *, readonly: bool) -> Reply:
+        if command.qresync is not None and not self.qresync:
+            return _bad("QRESYNC must be enabled first (ENABLE QRESYNC)")
+        if self.selected is not None:
+            self.selected = None
+            self.state = State.AUTHENTICATED
+            if self.qresync:
+                self.write(b"* OK [CLOSED] Previous mailbox closed\r\n")  # RFC 7162 3.2.11
+        if command.condstore:
+            self.condstore = True
+        try:
+            folder = await self.io(self._mailbox().folder, command.mailbox)
+        except (NoSuchFolder, InvalidFolderName):
+            return _no("No such folder", b"NONEXISTENT")
+        selected = Selected(folder, command.mailbox, readonly=readonly)
+        await self.io(selected.open)
+        infos = await self.io(selected.infos)
+        keywords = await self.io(lambda: folder.keywords)
+        system = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
+        self.write(r.flags([*system, *keywords]))
+        permanent = [] if readonly else [*system, *keywords]
+        if not readonly and len(keywords) < 26:
+            permanent.append("\\*")
+        self.write(
+            r.untagged_status(
+                "OK", "Flags permitted", r.code("PERMANENTFLAGS", [r.Atom(f) for f in permanent])
+            )
+        )
+        self.write(r.exists(selected.exists))
+        self.write(r.recent(0))
+        first_unseen = next((seq for seq, info in infos if "\\Seen" not in info.flags), None)
+        if first_unseen is not None:
+            self.write(r.untagged_status("OK", "First unseen", r.code("UNSEEN", first_unseen)))
+        self.write(r.untagged_status("OK", "UIDs valid", r.code("UIDVALIDITY", folder.uidvalidity)))
+        self.write(r.untagged_status("OK", "Predicted next UID", r.code("UIDNEXT", folder.uidnext)))
+        highest = folder.highestmodseq
+        if self.condstore:
+            self.write(r.untagged_status("OK", "Highest", r.code("HIGHESTMODSEQ", highest)))
+        if command.qresync is not None:
+            self._qresync_report(selected, infos, command.qresync)
+        self.selected = selected
+        self.state = State.SELECTED
+        self.mailbox_name = command.mailbox
+        code = r.code("READ-ONLY" if readonly else "READ-WRITE")
+        return _ok(f"{'EXAMINE' if readonly else 'SELECT'} completed", code)
+
+    def _qresync_report(self: Session, selected: Selected, infos, qresync: c.QResync) -> None:
+        """RFC 7162 3.2.5: what the client's cache misses since its modseq.
+
+        There is no expunge history, so VANISHED (EARLIER) lists every UID the client may know
+        (its known-uids, else 1:UIDNEXT-1) that is not here: more than needed, which the RFC
+        allows, and exact for the client."""
+        if qresync.uidvalidity != selected.folder.uidvalidity:
+            return  # the client's cache is void anyway; it will refetch
+        present = {info.uid for _, info in infos}
+        if qresync.known_uids is not None and not qresync.known_uids.saved:
+            top = max(selected.folder.uidnext - 1, 1)
+            known = qresync.known_uids.resolve(top)
+        else:
+            known = range(1, selected.folder.uidnext)
+        vanished = [uid for uid in known if uid not in present]
+        if vanished:
+            self.write(r.vanished(vanished, earlier=True))
+        for seq, info in infos:
+            if info.modseq > qresync.modseq:
+                self.write(
+                    selected.flags_response(
+                        seq, info.uid, info.flags, info.modseq, condstore=True, with_uid=True
+                    )
+                )
+
+
+def _valid(name: str) -> bool:
+    try:
+        normalize(name)
+    except InvalidFolderName:
+        return False
+    return True
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return normalize(a) == normalize(b)
+    except InvalidFolderName:
+        return False

@@ -1,0 +1,392 @@
+"""IMAP commands of the selected state: FETCH, STORE, SEARCH, SORT, THREAD, COPY, MOVE, EXPUNGE.
+
+RFC 3501 6.4 with UIDPLUS (RFC 4315), MOVE (RFC 6851), CONDSTORE/QRESYNC (RFC 7162), ESEARCH
+(RFC 4731), SEARCHRES (RFC 5182), SORT/THREAD (RFC 5256) and UNSELECT (RFC 3691).
+Mixed into `session.Session`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..store import FolderError, InvalidFlag, InvalidFolderName, MessageGone, NoSuchFolder, TooManyKeywords
+from ..store.folder import Mode
+from ..store.maildir import Maildir
+from . import fetching
+from .base import Reply, State, bad, no, ok
+from .protocol import commands as c
+from .protocol import responses as r
+from .protocol import search as search_keys
+from .selected import Selected
+
+if TYPE_CHECKING:
+    from .session import Session
+
+FETCH_BATCH = 500  # messages rendered per worker-thread call; output is flushed between batches
+SUPPORTED_CHARSETS = ("UTF-8", "US-ASCII")
+
+
+class MessageView:
+    """One message as SEARCH, SORT and THREAD see it; the content is read only if a key needs it."""
+
+    __slots__ = ("_data", "folder", "info", "seq")
+
+    def __init__(self, seq: int, info: Any, folder: Any) -> None:
+        self.seq, self.info, self.folder = seq, info, folder
+        self._data: bytes | None = None
+
+    @property
+    def uid(self) -> int:
+        return self.info.uid
+
+    @property
+    def flags(self) -> frozenset[str]:
+        return self.info.flags
+
+    @property
+    def modseq(self) -> int:
+        return self.info.modseq
+
+    @property
+    def size(self) -> int:
+        return self.info.wire_size
+
+    @property
+    def internaldate(self) -> float:
+        return self.info.internaldate
+
+    def data(self) -> bytes:
+        if self._data is None:
+            try:
+                self._data = self.folder.read(self.info.uid)
+            except MessageGone:
+                self._data = b""
+        return self._data
+
+
+def _uses_modseq(keys: tuple[Any, ...]) -> bool:
+    for key in keys:
+        if isinstance(key, search_keys.ModSeq):
+            return True
+        for attr in ("key", "left", "right"):
+            sub = getattr(key, attr, None)
+            if sub is not None and _uses_modseq((sub,)):
+                return True
+        if isinstance(key, search_keys.And) and _uses_modseq(key.keys):
+            return True
+    return False
+
+
+class MessageCommands:
+    def _sel(self: Session) -> Selected:
+        assert self.selected is not None
+        return self.selected
+
+    def _bad_numbers(self: Session, command: Any) -> Reply | None:
+        if not getattr(command, "uid", False) and self._sel().out_of_range(command.sequence):
+            return bad("Invalid message sequence number")
+        return None
+
+    # ----------------------------------------------------------------- simple ones
+
+    async def do_check(self: Session, command: c.Check) -> Reply:
+        return ok("CHECK completed")
+
+    async def do_unselect(self: Session, command: c.Unselect) -> Reply:
+        self.selected = None
+        self.state = State.AUTHENTICATED
+        return ok("UNSELECT completed")
+
+    async def do_close(self: Session, command: c.Close) -> Reply:
+        selected = self._sel()
+        self.selected = None
+        self.state = State.AUTHENTICATED
+        if not selected.readonly:  # CLOSE expunges silently (RFC 3501 6.4.2)
+            await self.io(selected.folder.expunge)
+        return ok("CLOSE completed")
+
+    async def do_expunge(self: Session, command: c.Expunge) -> Reply:
+        return await self._expunge(None)
+
+    async def do_uidexpunge(self: Session, command: c.UidExpunge) -> Reply:
+        pairs = self._sel().resolve(command.sequence, uid=True)
+        return await self._expunge([uid for _, uid in pairs])
+
+    async def _expunge(self: Session, uids: list[int] | None) -> Reply:
+        selected = self._sel()
+        if selected.readonly:
+            return no("The folder is read-only", b"READ-ONLY")
+        removed = await self.io(selected.folder.expunge, uids)
+        self.write(selected.forget(removed, qresync=self.qresync))
+        return ok("EXPUNGE completed")
+
+    # ----------------------------------------------------------------- FETCH
+
+    async def do_fetch(self: Session, command: c.Fetch) -> Reply:
+        problem = self._bad_numbers(command)
+        if problem:
+            return problem
+        selected = self._sel()
+        items = command.items
+        if command.vanished and not (self.qresync and command.uid and command.changedsince is not None):
+            return bad("VANISHED needs ENABLE QRESYNC, UID FETCH and CHANGEDSINCE")
+        if command.changedsince is not None or any(getattr(i, "name", None) == "MODSEQ" for i in items):
+            self.condstore = True
+        pairs = selected.resolve(command.sequence, uid=command.uid)
+        if command.vanished:
+            await self._report_vanished(command, pairs)
+        set_seen = not selected.readonly and fetching.sets_seen(items)
+        need = fetching.needs_content(items)
+        missing = 0
+        for start in range(0, len(pairs), FETCH_BATCH):
+            batch = pairs[start : start + FETCH_BATCH]
+            out, gone = await self.io(
+                self._fetch_batch, selected, batch, items, need, set_seen, command.uid, command.changedsince
+            )
+            self.write(out)
+            missing += gone
+            await self.flush_if_large()
+        if missing:
+            return ok("Some messages were expunged meanwhile", b"EXPUNGEISSUED")
+        return ok("FETCH completed")
+
+    def _fetch_batch(
+        self: Session,
+        selected: Selected,
+        batch: list[tuple[int, int]],
+        items: tuple[Any, ...],
+        need: str | None,
+        set_seen: bool,
+        uid_command: bool,
+        changedsince: int | None,
+    ) -> tuple[bytes, int]:
+        folder = selected.folder
+        infos = [(seq, selected.info(uid)) for seq, uid in batch]
+        if changedsince is not None:
+            infos = [(seq, info) for seq, info in infos if info is None or info.modseq > changedsince]
+        seen_now: set[int] = set()
+        if set_seen:
+            unseen = [info.uid for _, info in infos if info is not None and "\\Seen" not in info.flags]
+            if unseen:
+                folder.store_flags(unseen, ["\\Seen"], Mode.ADD)
+                seen_now = set(unseen)
+                infos = [(seq, selected.info(info.uid) if info else None) for seq, info in infos]
+        out = bytearray()
+        gone = 0
+        for seq, info in infos:
+            if info is None:
+                gone += 1
+                continue
+            try:
+                content = fetching.read_content(folder, info.uid, need)
+                out += fetching.render(
+                    seq,
+                    info,
+                    items,
+                    content,
+                    with_uid=uid_command,
+                    with_modseq=self.condstore,
+                    with_flags=info.uid in seen_now,
+                )
+            except MessageGone:
+                gone += 1
+        return bytes(out), gone
+
+    async def _report_vanished(self: Session, command: c.Fetch, pairs: list[tuple[int, int]]) -> None:
+        selected = self._sel()
+        present = {uid for _, uid in pairs}
+        top = max(selected.folder.uidnext - 1, 1)
+        wanted = (
+            [u for u in command.sequence.resolve(top) if u not in present]
+            if not command.sequence.saved
+            else []
+        )
+        if wanted:
+            self.write(r.vanished(sorted(set(wanted)), earlier=True))
+
+    # ----------------------------------------------------------------- STORE
+
+    async def do_store(self: Session, command: c.Store) -> Reply:
+        problem = self._bad_numbers(command)
+        if problem:
+            return problem
+        selected = self._sel()
+        if selected.readonly:
+            return no("The folder is read-only", b"READ-ONLY")
+        if command.unchangedsince is not None:
+            self.condstore = True
+        pairs = selected.resolve(command.sequence, uid=command.uid)
+        flags = [flag for flag in command.flags if flag.lower() != "\\recent"]
+        mode = {"": Mode.REPLACE, "+": Mode.ADD, "-": Mode.REMOVE}[command.mode]
+        try:
+            out, modified = await self.io(self._store, selected, pairs, flags, mode, command)
+        except (InvalidFlag, TooManyKeywords) as exc:
+            return no(f"Cannot store flags: {exc}")
+        self.write(out)
+        if modified:
+            return ok("Conditional STORE failed for some", r.code("MODIFIED", r.uid_set(modified)))
+        return ok("STORE completed")
+
+    def _store(
+        self: Session,
+        selected: Selected,
+        pairs: list[tuple[int, int]],
+        flags: list[str],
+        mode: Mode,
+        command: c.Store,
+    ) -> tuple[bytes, list[int]]:
+        modified: list[int] = []
+        targets = pairs
+        if command.unchangedsince is not None:
+            targets = []
+            for seq, uid in pairs:
+                info = selected.info(uid)
+                if info is not None and info.modseq > command.unchangedsince:
+                    modified.append(uid if command.uid else seq)
+                else:
+                    targets.append((seq, uid))
+        result = selected.folder.store_flags([uid for _, uid in targets], flags, mode)
+        out = bytearray()
+        for seq, uid in targets:
+            if uid not in result:
+                continue
+            new_flags, modseq = result[uid]
+            items: list[tuple[str, object]] = []
+            if command.uid or self.qresync:
+                items.append(("UID", uid))
+            if not command.silent:
+                items.append(("FLAGS", [r.Atom(x) for x in sorted(new_flags)]))
+            if self.condstore:
+                items.append(("MODSEQ", [modseq]))
+            if not command.silent or self.condstore:
+                out += r.fetch(seq, items)
+        return bytes(out), modified
+
+    # ----------------------------------------------------------------- COPY, MOVE
+
+    async def do_copy(self: Session, command: c.Copy) -> Reply:
+        return await self._copy(command, move=False)
+
+    async def do_move(self: Session, command: c.Move) -> Reply:
+        return await self._copy(command, move=True)
+
+    async def _copy(self: Session, command: c.Copy, *, move: bool) -> Reply:
+        problem = self._bad_numbers(command)
+        if problem:
+            return problem
+        selected = self._sel()
+        if move and selected.readonly:
+            return no("The folder is read-only", b"READ-ONLY")
+        assert self.mailbox is not None and self.user is not None
+        try:
+            dest = await self.io(self.mailbox.folder, command.mailbox)
+        except (NoSuchFolder, InvalidFolderName):
+            return no("No such folder", b"TRYCREATE")
+        pairs = selected.resolve(command.sequence, uid=command.uid)
+        uids = [uid for _, uid in pairs]
+        if not move and self.user.quota_bytes:
+            usage = await self.io(Maildir(self.mailbox.root).usage)
+            adding = sum(info.size for uid in uids if (info := selected.info(uid)) is not None)
+            if usage + adding > self.user.quota_bytes:
+                return no("Over quota", b"OVERQUOTA")
+        operation: Callable[..., dict[int, int]] = selected.folder.move if move else selected.folder.copy
+        try:
+            mapping = await self.io(operation, uids, dest)
+        except FolderError as exc:
+            return no(f"Cannot copy: {exc}", b"TRYCREATE")
+        code = None
+        if mapping:
+            source = sorted(mapping)
+            code = r.code(
+                "COPYUID", dest.uidvalidity, r.uid_set(source), r.uid_set(mapping[u] for u in source)
+            )
+        self.on_copied(selected.name, command.mailbox, mapping, move=move)
+        if move:
+            if code:
+                self.write(r.untagged_status("OK", "Moved", code))
+            self.write(selected.forget(list(mapping), qresync=self.qresync))
+            return ok("MOVE completed")
+        return ok("COPY completed", code)
+
+    def on_copied(self: Session, source: str, target: str, mapping: dict[int, int], *, move: bool) -> None:
+        """A hook for what follows a copy (spam learning on moves into or out of Junk)."""
+
+    # ----------------------------------------------------------------- SEARCH, SORT, THREAD
+
+    def _views(self: Session) -> list[MessageView]:
+        selected = self._sel()
+        return [MessageView(seq, info, selected.folder) for seq, info in selected.infos()]
+
+    async def do_search(self: Session, command: c.Search) -> Reply:
+        from . import search as engine
+
+        if command.charset is not None and command.charset.upper() not in SUPPORTED_CHARSETS:
+            self.write(b"")
+            return no("Unsupported charset", r.code("BADCHARSET", [r.Atom(x) for x in SUPPORTED_CHARSETS]))
+        selected = self._sel()
+        if _uses_modseq(command.keys):
+            self.condstore = True
+
+        def run() -> tuple[list[MessageView], int]:
+            views = self._views()
+            matched = engine.search(command.keys, views, saved_uids=selected.saved)
+            return matched, max((v.modseq for v in matched), default=0)
+
+        matched, highest = await self.io(run)
+        numbers = [v.uid if command.uid else v.seq for v in matched]
+        modseq = highest if _uses_modseq(command.keys) and matched else None
+        options = command.return_options
+        if options is None:
+            self.write(r.search(numbers, modseq=modseq))
+            return ok("SEARCH completed")
+        wanted = {o.upper() for o in options} or {"ALL"}
+        if "SAVE" in wanted:
+            selected.saved = [v.uid for v in matched]
+            wanted.discard("SAVE")
+            if not wanted:
+                return ok("SEARCH completed, result saved")
+        self.write(
+            r.esearch(
+                command.tag,
+                uid=command.uid,
+                minimum=min(numbers) if "MIN" in wanted and numbers else None,
+                maximum=max(numbers) if "MAX" in wanted and numbers else None,
+                count=len(numbers) if "COUNT" in wanted else None,
+                all_numbers=numbers if "ALL" in wanted else None,
+                modseq=modseq,
+            )
+        )
+        return ok("SEARCH completed")
+
+    async def do_sort(self: Session, command: c.Sort) -> Reply:
+        from . import search as engine
+        from . import sort as sorting
+
+        if command.charset.upper() not in SUPPORTED_CHARSETS:
+            return no("Unsupported charset", r.code("BADCHARSET", [r.Atom(x) for x in SUPPORTED_CHARSETS]))
+        selected = self._sel()
+
+        def run() -> list[MessageView]:
+            matched = engine.search(command.keys, self._views(), saved_uids=selected.saved)
+            return sorting.sort(command.criteria, matched)
+
+        ordered = await self.io(run)
+        self.write(r.sort(v.uid if command.uid else v.seq for v in ordered))
+        return ok("SORT completed")
+
+    async def do_thread(self: Session, command: c.Thread) -> Reply:
+        from . import search as engine
+        from . import thread as threading
+
+        if command.charset.upper() not in SUPPORTED_CHARSETS:
+            return no("Unsupported charset", r.code("BADCHARSET", [r.Atom(x) for x in SUPPORTED_CHARSETS]))
+        selected = self._sel()
+
+        def run() -> Any:
+            matched = engine.search(command.keys, self._views(), saved_uids=selected.saved)
+            return threading.thread(command.algorithm, matched, uid=command.uid)
+
+        roots = await self.io(run)
+        self.write(r.thread(roots))
+        return ok("THREAD completed")

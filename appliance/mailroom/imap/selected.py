@@ -1,0 +1,147 @@
+"""The selected mailbox of one IMAP session: message sequence numbers and what to tell the client.
+
+The store (`store.Folder`) knows UIDs, flags and modseqs; a session also needs the numbering it
+has announced: message sequence numbers are positions in `uids`, which changes only when the
+session reports a change (EXISTS for new mail, EXPUNGE or VANISHED for removals). Between
+reports, messages expunged by others keep their numbers (RFC 3501 5.5, 7.4.1: no EXPUNGE during
+FETCH, STORE or SEARCH); reading them then fails with [EXPUNGEISSUED].
+
+Synchronous: the session calls it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections.abc import Iterable
+
+from ..store import Folder, MessageInfo
+from .protocol import SequenceSet
+from .protocol import responses as r
+
+
+class Selected:
+    def __init__(self, folder: Folder, name: str, *, readonly: bool) -> None:
+        self.folder = folder
+        self.name = name
+        self.readonly = readonly
+        self.uids = array("I")
+        self.pending_expunge: set[int] = set()  # expunged elsewhere, not yet reported
+        self.saved: list[int] | None = None  # SEARCHRES `$`, as UIDs (RFC 5182)
+
+    def open(self) -> None:
+        result = self.folder.sync()
+        self.uids = array("I", sorted(result.new_uids))
+
+    # ----------------------------------------------------------------- numbering
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int | None:
+        at = bisect.bisect_left(self.uids, uid)
+        return at + 1 if at < len(self.uids) and self.uids[at] == uid else None
+
+    def resolve(self, sequence: SequenceSet, *, uid: bool) -> list[tuple[int, int]]:
+        """(seq, uid) pairs of a sequence set, ascending and without duplicates.
+
+        Sequence numbers beyond EXISTS are an error the caller checks with `out_of_range`;
+        UIDs that do not exist are left out (RFC 3501 6.4.8). `$` is the saved search result.
+        """
+        uids = self.uids
+        if sequence.saved:
+            wanted = set(self.saved or ())
+            return [(i + 1, u) for i, u in enumerate(uids) if u in wanted]
+        if not uids:
+            return []
+        picked: set[int] = set()
+        if uid:
+            largest = uids[-1]
+            for a, b in sequence.ranges:
+                lo, hi = (largest if a is None else a), (largest if b is None else b)
+                lo, hi = min(lo, hi), max(lo, hi)
+                picked.update(range(bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)))
+        else:
+            largest = len(uids)
+            for a, b in sequence.ranges:
+                lo, hi = (largest if a is None else a), (largest if b is None else b)
+                lo, hi = min(lo, hi), max(lo, hi)
+                picked.update(range(max(lo, 1) - 1, min(hi, largest)))
+        return [(i + 1, uids[i]) for i in sorted(picked)]
+
+    def out_of_range(self, sequence: SequenceSet) -> bool:
+        """A message sequence number above EXISTS (RFC 3501 9: an invalid number is an error).
+
+        A range with `*` is never out of range: `1:*` in an empty mailbox selects nothing, as
+        clients that fetch flags right after SELECT expect."""
+        if sequence.saved:
+            return False
+        largest = len(self.uids)
+        return any(a is not None and b is not None and max(a, b) > largest for a, b in sequence.ranges)
+
+    def info(self, uid: int) -> MessageInfo | None:
+        if uid in self.pending_expunge:
+            return None
+        try:
+            return self.folder.message(uid)
+        except LookupError:
+            return None
+
+    def infos(self) -> list[tuple[int, MessageInfo]]:
+        """(seq, info) of every message the client knows, except those already gone."""
+        by_uid = {info.uid: info for info in self.folder.messages()}
+        return [(i + 1, by_uid[u]) for i, u in enumerate(self.uids) if u in by_uid]
+
+    # ----------------------------------------------------------------- changes
+
+    def updates(self, *, expunge: bool, condstore: bool, qresync: bool) -> bytes:
+        """Untagged responses for what changed since the last call (and our own expunges)."""
+        result = self.folder.sync()
+        out = bytearray()
+        self.pending_expunge.update(result.expunged_uids)
+        if expunge and self.pending_expunge:
+            out += self.forget(self.pending_expunge, qresync=qresync)
+        if result.new_uids:
+            for uid in result.new_uids:
+                if not self.uids or uid > self.uids[-1]:
+                    self.uids.append(uid)
+                elif self.seq_of(uid) is None:
+                    self.uids.insert(bisect.bisect_left(self.uids, uid), uid)
+            out += r.exists(len(self.uids))
+        for uid, (flags, modseq) in sorted(result.flag_changes.items()):
+            seq = self.seq_of(uid)
+            if seq is None or uid in self.pending_expunge:
+                continue
+            out += self.flags_response(seq, uid, flags, modseq, condstore=condstore, with_uid=qresync)
+        return bytes(out)
+
+    def forget(self, uids: Iterable[int], *, qresync: bool) -> bytes:
+        """Report removed messages: VANISHED after ENABLE QRESYNC, else EXPUNGE by number."""
+        gone = sorted({u for u in uids if self.seq_of(u) is not None})
+        self.pending_expunge.difference_update(uids)
+        if not gone:
+            return b""
+        if qresync:
+            keep = set(gone)
+            self.uids = array("I", (u for u in self.uids if u not in keep))
+            return r.vanished(gone)
+        out = bytearray()
+        for uid in reversed(gone):  # highest first: the numbers of the others stay valid
+            seq = self.seq_of(uid)
+            assert seq is not None
+            del self.uids[seq - 1]
+            out += r.expunge(seq)
+        return bytes(out)
+
+    @staticmethod
+    def flags_response(
+        seq: int, uid: int, flags: frozenset[str], modseq: int, *, condstore: bool, with_uid: bool
+    ) -> bytes:
+        items: list[tuple[str, object]] = []
+        if with_uid:
+            items.append(("UID", uid))
+        items.append(("FLAGS", [r.Atom(f) for f in sorted(flags)]))
+        if condstore:
+            items.append(("MODSEQ", [modseq]))
+        return r.fetch(seq, items)

@@ -1,0 +1,119 @@
+"""The imapd daemon: asyncio loops serving every IMAP listener, in pre-fork workers.
+
+imap (143: STARTTLS, then login) and imaps (993: implicit TLS). Binds as root, drops privileges,
+forks `imap.workers` processes that accept on the same sockets, then serves until SIGTERM.
+A session that fails is logged and closed; the daemon keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import daemon, metrics
+from ..accounts import Directory
+from ..config import Config, Listener
+from ..store import MaildirStore
+from .protocol import responses as r
+from .session import TLS_HANDSHAKE_TIMEOUT, Session
+from .watcher import FolderWatcher
+
+log = logging.getLogger("mailroom.imap")
+
+
+def serve(config: Config) -> None:
+    """Bind as root, drop privileges, then serve until told to stop."""
+    started = daemon.start_as_root(config, config.imap_listeners)
+    tls, sockets, throttle = started.tls, started.sockets, started.throttle
+    assert tls is not None  # config.py requires a certificate with imap
+    directory = Directory(config)
+    store = MaildirStore(config.store_root)
+
+    def maildir_of(address: str) -> Path:
+        return store.mailbox(address).path
+
+    async def main(stop: asyncio.Event) -> None:
+        limiter = daemon.ConnectionLimiter(config.imap_limits, workers=config.imap_workers)
+        watcher = FolderWatcher()
+        sessions: set[asyncio.Task[None]] = set()
+
+        def handler(listener: Listener) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+            implicit = listener.name == "imaps"
+
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                task = asyncio.current_task()
+                assert task is not None
+                sessions.add(task)
+                peer = writer.get_extra_info("peername")
+                ip = peer[0] if isinstance(peer, tuple) else str(peer)
+                try:
+                    if not limiter.admit(ip):
+                        metrics.IMAP_CONNECTIONS_REFUSED.labels(listener.name).inc()
+                        log.warning("connection refused peer=%s: limit reached", ip)
+                        writer.write(r.untagged_status("BYE", "Too many connections, try again later"))
+                        return
+                    metrics.IMAP_OPEN_SESSIONS.inc()
+                    try:
+                        metrics.IMAP_SESSIONS.labels(listener.name).inc()
+                        if implicit:
+                            metrics.IMAP_TLS_SESSIONS.labels(listener.name, "implicit").inc()
+                        session = Session(
+                            reader,
+                            writer,
+                            listener=listener.name,
+                            implicit_tls=implicit,
+                            tls=None if implicit else tls,
+                            limits=config.imap_limits,
+                            directory=directory,
+                            throttle=throttle,
+                            maildir_of=maildir_of,
+                            watcher=watcher,
+                            append_limit=config.smtp_max_message_size,
+                            hostname=config.hostname,
+                        )
+                        await session.run()
+                    except asyncio.CancelledError:
+                        pass  # the daemon is stopping
+                    except Exception:
+                        log.exception("session failed peer=%s", ip)
+                    finally:
+                        metrics.IMAP_OPEN_SESSIONS.dec()
+                        limiter.release(ip)
+                finally:
+                    sessions.discard(task)
+                    if stop.is_set():
+                        writer.transport.abort()
+                    else:
+                        writer.close()
+                        try:
+                            await asyncio.wait_for(writer.wait_closed(), 5)
+                        except (Exception, asyncio.CancelledError):
+                            writer.transport.abort()
+
+            return handle
+
+        servers = []
+        for listener, sock in sockets:
+            servers.append(
+                await asyncio.start_server(
+                    handler(listener),
+                    sock=sock,
+                    ssl=tls if listener.name == "imaps" else None,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if listener.name == "imaps" else None,
+                    limit=64 * 1024,
+                )
+            )
+            log.info("listening name=%s on %s port %d", listener.name, *sock.getsockname()[:2])
+        await stop.wait()
+        log.info("stopping")
+        for server in servers:
+            server.close()
+        for task in list(sessions):
+            task.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
+        watcher.close()
+
+    daemon.run_workers(config.imap_workers, main)

@@ -1,0 +1,538 @@
+"""One IMAP session on asyncio streams: the connection, the state machine and logging in.
+
+States (RFC 3501 3): not authenticated → authenticated → selected → logout. The commands of each
+state live in `mailbox_commands.py` (authenticated) and `message_commands.py` (selected); this
+module reads, frames (through the pure `protocol.CommandParser`), dispatches and writes.
+
+- Logins only over TLS: on 143 after STARTTLS (LOGINDISABLED before it, and no AUTH=), on 993
+  from the start. Passwords are checked off the loop with the shared login throttling.
+- Limits: literals before login are small (the parser checks the announced size before reading
+  a byte); a cap on commands before login; a BAD counter; idle timers (short before login, 30
+  minutes after, RFC 3501 5.4, IDLE included). Commands pipelined behind STARTTLS are dropped.
+- Every store call runs in a worker thread: the loop only frames and writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import functools
+import logging
+import ssl
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .. import metrics
+from ..accounts import Directory, User
+from ..config import ImapLimits
+from ..store import Mailbox
+from ..throttle import LoginThrottle, Outcome, throttled_login
+from .base import Closed, Reply, State, bad, no, ok
+from .mailbox_commands import MailboxCommands
+from .message_commands import MessageCommands
+from .protocol import CommandParser, ContinuationNeeded, IdleDone, ParseError, SaslResponse
+from .protocol import commands as c
+from .protocol import responses as r
+from .selected import Selected
+from .watcher import FolderWatcher
+
+log = logging.getLogger("mailroom.imap")
+
+T = TypeVar("T")
+TLS_HANDSHAKE_TIMEOUT = 30.0
+READ_SIZE = 65536
+FLUSH_AT = 256 * 1024  # octets of output gathered before a drain during long responses
+
+BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE")
+AUTHENTICATED_CAPABILITIES = (
+    "NAMESPACE",
+    "UNSELECT",
+    "UIDPLUS",
+    "MOVE",
+    "SPECIAL-USE",
+    "CREATE-SPECIAL-USE",
+    "CHILDREN",
+    "LIST-EXTENDED",
+    "LIST-STATUS",
+    "ESEARCH",
+    "SEARCHRES",
+    "CONDSTORE",
+    "QRESYNC",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
+    "MULTIAPPEND",
+    "COMPRESS=DEFLATE",
+)
+
+
+# The states a command is valid in.
+_ANY = frozenset(State)
+_AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
+_SELECTED = frozenset({State.SELECTED})
+_NOT_AUTH = frozenset({State.NOT_AUTHENTICATED})
+VALID_IN: dict[type[c.Command], frozenset[State]] = {
+    c.Capability: _ANY,
+    c.Noop: _ANY,
+    c.Logout: _ANY,
+    c.Id: _ANY,
+    c.StartTLS: _NOT_AUTH,
+    c.Login: _NOT_AUTH,
+    c.Authenticate: _NOT_AUTH,
+    **dict.fromkeys(
+        (
+            c.Enable,
+            c.Select,
+            c.Examine,
+            c.Create,
+            c.Delete,
+            c.Rename,
+            c.Subscribe,
+            c.Unsubscribe,
+            c.List,
+            c.Lsub,
+            c.Status,
+            c.Append,
+            c.Namespace,
+            c.GetQuota,
+            c.GetQuotaRoot,
+            c.Idle,
+            c.Compress,
+        ),
+        _AUTH,
+    ),
+    **dict.fromkeys(
+        (
+            c.Check,
+            c.Close,
+            c.Unselect,
+            c.Expunge,
+            c.UidExpunge,
+            c.Search,
+            c.Fetch,
+            c.Store,
+            c.Copy,
+            c.Move,
+            c.Sort,
+            c.Thread,
+        ),
+        _SELECTED,
+    ),
+}
+# While these run, EXPUNGE must not be sent (RFC 3501 7.4.1): the client is matching numbers.
+NO_EXPUNGE = (c.Fetch, c.Store, c.Search, c.Sort, c.Thread)
+
+
+class Session(MailboxCommands, MessageCommands):
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        listener: str,
+        implicit_tls: bool,
+        tls: ssl.SSLContext | None,
+        limits: ImapLimits,
+        directory: Directory,
+        throttle: LoginThrottle,
+        maildir_of: Callable[[str], Path],
+        watcher: FolderWatcher,
+        append_limit: int,
+        hostname: str,
+        extra_capabilities: tuple[str, ...] = (),
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.listener = listener
+        self.tls_active = implicit_tls
+        self.tls = tls
+        self.limits = limits
+        self.directory = directory
+        self.throttle = throttle
+        self.maildir_of = maildir_of
+        self.watcher = watcher
+        self.append_limit = append_limit
+        self.hostname = hostname
+        self.extra_capabilities = extra_capabilities
+        peer = writer.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.state = State.NOT_AUTHENTICATED
+        self.parser = CommandParser(
+            line_limit=limits.line_limit, literal_limit=limits.max_literal_before_login
+        )
+        self.events: collections.deque[Any] = collections.deque()
+        self.user: User | None = None
+        self.mailbox: Mailbox | None = None
+        self.selected: Selected | None = None
+        self.condstore = False  # CONDSTORE enabled (ENABLE, SELECT (CONDSTORE) or a MODSEQ use)
+        self.qresync = False
+        self.commands_before_login = 0
+        self.bad_count = 0
+        self._inflate: Any = None
+        self._deflate: Any = None
+        self._pending_read: asyncio.Task[bytes] | None = None
+        self._out = bytearray()
+
+    # ----------------------------------------------------------------- output
+
+    def write(self, data: bytes) -> None:
+        self._out += data
+
+    async def flush(self) -> None:
+        if not self._out:
+            return
+        data = bytes(self._out)
+        self._out.clear()
+        metrics.IMAP_BYTES.labels("out").inc(len(data))
+        if self._deflate is not None:
+            data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def flush_if_large(self) -> None:
+        if len(self._out) >= FLUSH_AT:
+            await self.flush()
+
+    # ----------------------------------------------------------------- input
+
+    @property
+    def read_timeout(self) -> float:
+        return self.limits.login_timeout if self.user is None else self.limits.idle_timeout
+
+    async def _read(self) -> bytes:
+        task = self._pending_read
+        self._pending_read = None
+        if task is None:
+            task = asyncio.ensure_future(self.reader.read(READ_SIZE))
+        try:
+            data = await asyncio.wait_for(task, self.read_timeout)
+        except TimeoutError:
+            log.info("autologout peer=%s user=%s", self.peer, self.address)
+            self.write(r.untagged_status("BYE", "Autologout: idle for too long"))
+            raise Closed from None
+        except (ConnectionError, ssl.SSLError):
+            raise Closed from None
+        if not data:
+            raise Closed
+        return self._received(data)
+
+    def _received(self, data: bytes) -> bytes:
+        if self._inflate is not None:
+            try:
+                data = self._inflate.decompress(data, 1 << 20)
+            except zlib.error:
+                raise Closed from None
+            if self._inflate.unconsumed_tail:  # a deflate bomb: far more out than in
+                raise Closed
+        metrics.IMAP_BYTES.labels("in").inc(len(data))
+        return data
+
+    async def next_event(self) -> Any:
+        while not self.events:
+            await self.flush()
+            self.events.extend(self.parser.feed(await self._read()))
+        return self.events.popleft()
+
+    def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """Run a (blocking) store call in a worker thread."""
+        return asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    # ----------------------------------------------------------------- the session
+
+    @property
+    def address(self) -> str:
+        return self.user.address if self.user else "-"
+
+    def capabilities(self) -> list[str]:
+        caps = list(BASE_CAPABILITIES)
+        if not self.tls_active and self.tls is not None:
+            caps.append("STARTTLS")
+        if self.tls_active:
+            caps.append("AUTH=PLAIN")
+        else:
+            caps.append("LOGINDISABLED")
+        if self.user is not None:
+            caps += AUTHENTICATED_CAPABILITIES
+            caps += self.extra_capabilities
+            caps.append(f"APPENDLIMIT={self.append_limit}")
+        return caps
+
+    async def run(self) -> None:
+        try:
+            code = r.code("CAPABILITY", *self.capabilities())
+            self.write(r.untagged_status("OK", "Mailroom IMAP server ready", code))
+            while True:
+                event = await self.next_event()
+                await self.handle(event)
+        except (Closed, ConnectionError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.flush(), 5)
+            if self._pending_read is not None:
+                self._pending_read.cancel()
+            if self.user is not None:
+                log.info("logout user=%s peer=%s", self.address, self.peer)
+
+    async def handle(self, event: Any) -> None:
+        if isinstance(event, ContinuationNeeded):
+            self.write(r.continuation("Ready for literal data"))
+            return
+        if isinstance(event, ParseError):
+            self.write(event.to_response())
+            metrics.IMAP_COMMANDS.labels("(invalid)", "BAD").inc()
+            if event.fatal:
+                self.write(r.untagged_status("BYE", "Protocol error, closing connection"))
+                raise Closed
+            await self.count_bad()
+            return
+        if isinstance(event, IdleDone | SaslResponse):  # only outside IDLE/AUTHENTICATE: stray
+            self.write(r.untagged_status("BAD", "Unexpected line"))
+            await self.count_bad()
+            return
+        await self.dispatch(event)
+
+    async def count_bad(self) -> None:
+        self.bad_count += 1
+        if self.bad_count >= self.limits.max_errors:
+            log.info("too many errors peer=%s user=%s", self.peer, self.address)
+            self.write(r.untagged_status("BYE", "Too many errors, closing connection"))
+            raise Closed
+        await self.count_before_login()
+
+    async def count_before_login(self) -> None:
+        if self.user is None:
+            self.commands_before_login += 1
+            if self.commands_before_login > self.limits.max_commands_before_login:
+                self.write(r.untagged_status("BYE", "Too many commands without logging in"))
+                raise Closed
+
+    async def dispatch(self, command: c.Command) -> None:
+        name = command.name
+        if isinstance(command, c.Unknown):
+            self.write(r.tagged(command.tag, "BAD", f"Unknown command {command.command[:40]}"))
+            metrics.IMAP_COMMANDS.labels("(unknown)", "BAD").inc()
+            await self.count_bad()
+            return
+        if self.state not in VALID_IN.get(type(command), frozenset()):
+            self.write(r.tagged(command.tag, "BAD", f"{name} is not valid in the {self.state.value} state"))
+            metrics.IMAP_COMMANDS.labels(name, "BAD").inc()
+            await self.count_bad()
+            return
+        await self.count_before_login()
+        handler = getattr(self, "do_" + type(command).__name__.lower())
+        try:
+            reply = await handler(command)
+        except Closed:
+            raise
+        except Exception:
+            log.exception("%s failed user=%s peer=%s", name, self.address, self.peer)
+            reply = no("Server error, try again later", b"SERVERBUG")
+        if reply is None:  # the handler answered itself
+            metrics.IMAP_COMMANDS.labels(name, "OK").inc()
+            return
+        if reply.status == "BAD":
+            await self.count_bad()
+        if self.selected is not None and not isinstance(command, c.Logout):
+            uid = getattr(command, "uid", False)
+            expunge = uid or not isinstance(command, NO_EXPUNGE)
+            try:
+                await self.send_updates(expunge=expunge)
+            except Exception:  # the folder went away (deleted by another session): say so, go on
+                log.exception("updates failed user=%s folder=%s", self.address, self.selected.name)
+                self.selected = None
+                self.state = State.AUTHENTICATED
+                self.write(r.untagged_status("NO", "The selected folder is gone"))
+        self.write(r.tagged(command.tag, reply.status, reply.text, reply.code))
+        metrics.IMAP_COMMANDS.labels(name, reply.status).inc()
+        await self.flush()
+
+    async def send_updates(self, *, expunge: bool = True) -> None:
+        selected = self.selected
+        if selected is None:
+            return
+        self.write(
+            await self.io(selected.updates, expunge=expunge, condstore=self.condstore, qresync=self.qresync)
+        )
+
+    # ----------------------------------------------------------------- any state
+
+    async def do_capability(self, command: c.Capability) -> Reply:
+        self.write(r.capability(self.capabilities()))
+        return ok("CAPABILITY completed")
+
+    async def do_noop(self, command: c.Noop) -> Reply:
+        return ok("NOOP completed")
+
+    async def do_logout(self, command: c.Logout) -> Reply:
+        self.write(r.untagged_status("BYE", "Mailroom IMAP server signing off"))
+        self.write(r.tagged(command.tag, "OK", "LOGOUT completed"))
+        metrics.IMAP_COMMANDS.labels("LOGOUT", "OK").inc()
+        raise Closed
+
+    async def do_id(self, command: c.Id) -> Reply:
+        self.write(r.id_response({"name": "Mailroom", "vendor": "Mailroom"}))
+        return ok("ID completed")
+
+    async def do_enable(self, command: c.Enable) -> Reply:
+        enabled = []
+        for cap in command.capabilities:
+            name = cap.upper()
+            if name == "CONDSTORE" or name == "QRESYNC":
+                self.condstore = True
+                if name == "QRESYNC":
+                    self.qresync = True
+                enabled.append(name)
+        self.write(r.enabled(enabled))
+        return ok("ENABLE completed")
+
+    async def do_compress(self, command: c.Compress) -> Reply | None:
+        if command.mechanism.upper() != "DEFLATE":
+            self.events.extend(self.parser.resume())
+            return bad("Only DEFLATE is supported")
+        if self._deflate is not None:
+            self.events.extend(self.parser.resume())
+            return no("Compression is already active", b"COMPRESSIONACTIVE")
+        self.write(r.tagged(command.tag, "OK", "DEFLATE active"))
+        await self.flush()
+        # RFC 4978: raw deflate both ways from the octet after the CRLF of this OK.
+        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self._inflate = zlib.decompressobj(-15)
+        pending = self.parser.take_pending()
+        if pending:
+            self.events.extend(self.parser.feed(self._received(pending)))
+        return None
+
+    # ----------------------------------------------------------------- not authenticated
+
+    async def do_starttls(self, command: c.StartTLS) -> Reply | None:
+        if self.tls_active or self.tls is None:
+            self.events.extend(self.parser.resume())
+            return bad("TLS is active already" if self.tls_active else "STARTTLS is not offered here")
+        self.write(r.tagged(command.tag, "OK", "Begin TLS negotiation now"))
+        await self.flush()
+        # Whatever the client sent after STARTTLS in plaintext must not become a command of the
+        # TLS session (RFC 7817, CVE-2011-0411): drop the parser's and the stream's buffers.
+        self.parser.take_pending()
+        self.reader._buffer.clear()  # StreamReader has no public way to drop its buffer
+        try:
+            await self.writer.start_tls(self.tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            log.info("STARTTLS handshake failed peer=%s: %s", self.peer, exc)
+            raise Closed from None
+        self.tls_active = True
+        metrics.IMAP_TLS_SESSIONS.labels(self.listener, "starttls").inc()
+        return None
+
+    async def do_login(self, command: c.Login) -> Reply:
+        if not self.tls_active:
+            return no("Use STARTTLS first: no login without TLS", b"PRIVACYREQUIRED")
+        return await self.login(command.user, command.password, "LOGIN")
+
+    async def do_authenticate(self, command: c.Authenticate) -> Reply:
+        reply = await self._authenticate(command)
+        self.events.extend(self.parser.resume())
+        return reply
+
+    async def _authenticate(self, command: c.Authenticate) -> Reply:
+        if command.mechanism.upper() != "PLAIN":
+            return no("Unsupported authentication mechanism", b"CANNOT")
+        if not self.tls_active:
+            return no("Use STARTTLS first: no login without TLS", b"PRIVACYREQUIRED")
+        response = command.initial_response
+        if response is None:
+            self.write(r.continuation_data(b""))
+            self.events.extend(self.parser.expect_sasl_response())
+            event = await self.next_event()
+            if not isinstance(event, SaslResponse):
+                return bad("Expected a SASL response")
+            if event.cancelled:
+                return bad("Authentication cancelled")
+            try:
+                response = base64.b64decode(event.line, validate=True)
+            except (binascii.Error, ValueError):
+                return bad("Invalid base64 in the SASL response")
+        parts = response.split(b"\0")
+        if len(parts) != 3:
+            metrics.IMAP_AUTH.labels("failure").inc()
+            return no("Invalid SASL PLAIN response", b"AUTHENTICATIONFAILED")
+        authzid, authcid, password = (p.decode("utf-8", "replace") for p in parts)
+        if authzid and authzid.lower() != authcid.lower():
+            metrics.IMAP_AUTH.labels("failure").inc()
+            return no("Acting as another user is not allowed", b"AUTHORIZATIONFAILED")
+        return await self.login(authcid, password, "PLAIN")
+
+    async def login(self, login: str, password: str, mechanism: str) -> Reply:
+        outcome, user = await throttled_login(
+            self.directory, self.throttle, self.peer, login, password, "imap"
+        )
+        if user is None:
+            metrics.IMAP_AUTH.labels(outcome.value).inc()
+            if outcome is Outcome.LOCKED:
+                return no("Too many failed logins, try again later", b"UNAVAILABLE")
+            return no("Authentication failed", b"AUTHENTICATIONFAILED")
+        try:
+            self.mailbox = await self.io(Mailbox, self.maildir_of(user.address))
+        except Exception:
+            metrics.IMAP_AUTH.labels("error").inc()
+            log.exception("cannot open mailbox user=%s", user.address)
+            return no("Cannot open the mailbox, try again later", b"UNAVAILABLE")
+        metrics.IMAP_AUTH.labels("success").inc()
+        self.user = user
+        self.state = State.AUTHENTICATED
+        self.parser.literal_limit = self.append_limit
+        log.info("login user=%s peer=%s mechanism=%s", user.address, self.peer, mechanism)
+        return ok("Logged in", r.code("CAPABILITY", *self.capabilities()))
+
+    # ----------------------------------------------------------------- IDLE (RFC 2177)
+
+    async def do_idle(self, command: c.Idle) -> Reply:
+        metrics.IMAP_IDLE.inc()
+        try:
+            return await self._idle(command)
+        finally:
+            metrics.IMAP_IDLE.dec()
+
+    async def _idle(self, command: c.Idle) -> Reply:
+        self.write(r.continuation("idling"))
+        self.events.extend(self.parser.expect_done())
+        if self.selected is None:
+            await self.flush()
+            event = await self.next_event()
+            return self._idle_end(event)
+        selected = self.selected
+        await self.send_updates()
+        await self.flush()
+        with self.watcher.watch(selected.folder.path) as changed:
+            while not self.events:
+                if self._pending_read is None:
+                    self._pending_read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+                waiter = asyncio.ensure_future(changed.wait())
+                try:
+                    done, _ = await asyncio.wait(
+                        {self._pending_read, waiter},
+                        timeout=self.read_timeout,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    waiter.cancel()
+                if not done:
+                    self.write(r.untagged_status("BYE", "Autologout: idle for too long"))
+                    raise Closed
+                if changed.is_set():
+                    changed.clear()
+                    await self.send_updates()
+                    await self.flush()
+                if self._pending_read is not None and self._pending_read.done():
+                    self.events.extend(self.parser.feed(await self._read()))
+        return self._idle_end(self.events.popleft())
+
+    def _idle_end(self, event: Any) -> Reply:
+        self.events.extend(self.parser.resume())
+        if isinstance(event, IdleDone):
+            return ok("IDLE terminated")
+        return bad("Expected DONE")
