@@ -24,6 +24,8 @@ packages=(python3 python3-venv openssl swaks ca-certificates fetchmail getmail6 
 [ "$molecule" = 1 ] && packages+=(mmdebstrap systemd-container iptables debian-archive-keyring)
 # A real Prometheus scrapes metricsd in the tests; promtool checks the alert rules.
 packages+=(prometheus)
+# A real ACME CA (pebble) issues certificates in the tests; testssl.sh audits the TLS listeners.
+packages+=(pebble testssl.sh)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
