@@ -38,7 +38,6 @@ DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 # A DKIM selector: one or more DNS labels (RFC 6376 3.1).
 DKIM_SELECTOR_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
 DMARC_POLICIES = ("none", "quarantine", "reject")
-MTA_STS_MODES = ("none", "testing", "enforce")
 
 
 class ConfigError(ValueError):
@@ -162,8 +161,6 @@ class DnsSettings:
     ipv6: str | None = None
     dmarc_policy: str = "quarantine"
     dmarc_report_to: str | None = None  # None: postmaster@<domain>
-    mta_sts_mode: str = "testing"  # testing until the policy host has a trusted certificate
-    mta_sts_max_age: int = 604800  # seconds senders cache the MTA-STS policy
 
 
 @dataclass(frozen=True)
@@ -658,19 +655,11 @@ def _parse_dns(top: _Reader) -> DnsSettings:
     report_to = reader.raw("dmarc_report_to", None)
     if report_to is not None and (not isinstance(report_to, str) or not is_valid_address(report_to.lower())):
         raise ConfigError(reader.key("dmarc_report_to"), f"{report_to!r} is not a valid mail address")
-    mode = reader.string("mta_sts_mode", defaults.mta_sts_mode)
-    if mode not in MTA_STS_MODES:
-        raise ConfigError(reader.key("mta_sts_mode"), f"must be one of {', '.join(MTA_STS_MODES)}")
     return DnsSettings(
         ipv4=addresses["ipv4"],
         ipv6=addresses["ipv6"],
         dmarc_policy=policy,
         dmarc_report_to=report_to.lower() if report_to else None,
-        mta_sts_mode=mode,
-        # RFC 8461 3.2: at most 31557600 seconds (one year).
-        mta_sts_max_age=reader.integer(
-            "mta_sts_max_age", defaults.mta_sts_max_age, minimum=86400, maximum=31557600
-        ),
     )
 
 

@@ -10,6 +10,7 @@ zone-file snippet per zone to paste, and JSON for scripts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -20,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .accounts import Directory
-from .config import Config, ConfigError, Listener
+from .config import Config, ConfigError, Listener, MtaSts, Web
 from .dkim import SigningKey
 
 TTL = 3600
@@ -56,13 +57,20 @@ class Record:
 
 
 def mta_sts_policy(config: Config) -> str:
-    """The MTA-STS policy (RFC 8461 3.2) served at https://mta-sts.<domain>/.well-known/mta-sts.txt."""
-    return (
-        "version: STSv1\r\n"
-        f"mode: {config.dns.mta_sts_mode}\r\n"
-        f"mx: {config.hostname}\r\n"
-        f"max_age: {config.dns.mta_sts_max_age}\r\n"
-    )
+    """The MTA-STS policy (RFC 8461 3.2) at https://mta-sts.<domain>/.well-known/mta-sts.txt.
+
+    Exactly the bytes webd serves (web.mta_sts); without a web section, the
+    policy webd would serve with its defaults.
+    """
+    from .web.content import mta_sts_policy as served
+
+    if config.web is None:
+        config = dataclasses.replace(config, web=Web(listeners=()))
+    return served(config).decode("ascii")
+
+
+def mta_sts_mode(config: Config) -> str:
+    return (config.web.mta_sts if config.web else MtaSts()).mode
 
 
 def mta_sts_id(config: Config) -> str:
@@ -97,6 +105,8 @@ def records(
 ) -> list[Record]:
     """Every record to publish: the host's first, then each domain's; TLSA when a certificate is given."""
     host = config.hostname
+    # The name webd tells mail clients to use (autoconfig); the SRV records say the same.
+    client_host = config.web.client_hostname if config.web else host
     host_zone = zone_of(host, config)
     out: list[Record] = []
     addresses = ((config.dns.ipv4, "A", "IPv4"), (config.dns.ipv6, "AAAA", "IPv6"))
@@ -154,6 +164,12 @@ def records(
 
     directory = Directory(config)
     policy_id = mta_sts_id(config)
+    mode = mta_sts_mode(config)
+    served = (
+        "webd serves it"
+        if config.web
+        else "webd serves it once the web section is on; until then senders find no policy, which is harmless"
+    )
     listeners = {
         "smtp": config.smtp_listeners,
         "pop3": config.pop3_listeners,
@@ -209,8 +225,8 @@ def records(
                 f"_mta-sts.{domain}",
                 "TXT",
                 f"v=STSv1; id={policy_id}",
-                f"MTA-STS (RFC 8461): senders fetch the policy (mode {config.dns.mta_sts_mode}) and "
-                "refetch it when this id changes.",
+                f"MTA-STS (RFC 8461): senders fetch the policy (mode {mode}) and refetch it when this "
+                "id changes.",
             )
         )
         out.append(
@@ -219,8 +235,8 @@ def records(
                 f"mta-sts.{domain}",
                 "CNAME",
                 f"{host}.",
-                f"Where senders fetch the policy: https://mta-sts.{domain}/.well-known/mta-sts.txt, with a "
-                "certificate valid for that name.",
+                f"Where senders fetch the policy: https://mta-sts.{domain}/.well-known/mta-sts.txt, "
+                f"with a certificate valid for that name ({served}).",
             )
         )
         out.append(
@@ -233,7 +249,7 @@ def records(
             )
         )
         for service, protocol, listener, priority in SRV_SERVICES:
-            value = _srv_value(listeners[protocol], listener, priority, host)
+            value = _srv_value(listeners[protocol], listener, priority, client_host)
             label = service.split(".")[0][1:]
             out.append(
                 Record(
@@ -241,7 +257,7 @@ def records(
                     f"{service}.{domain}",
                     "SRV",
                     value or "0 0 0 .",
-                    f"Mail clients find {label} at {host} (RFC 6186)."
+                    f"Mail clients find {label} at {client_host} (RFC 6186)."
                     if value
                     else f"Mail clients learn there is no {label} here (RFC 6186: target '.').",
                 )

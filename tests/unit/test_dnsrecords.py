@@ -17,6 +17,7 @@ import yaml
 from mailroom import cli, dnsrecords
 from mailroom.config import ConfigError, parse
 from mailroom.dkim import load_keys
+from mailroom.web import content as web_content
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$x$y"
 
@@ -224,11 +225,21 @@ def test_mta_sts_id_changes_with_the_policy_only(files: dict[str, Path]) -> None
     first = dnsrecords.mta_sts_id(parse(data))
     assert first == dnsrecords.mta_sts_id(parse(copy.deepcopy(data)))
     assert first.isalnum() and 1 <= len(first) <= 32
-    data["dns"]["mta_sts_mode"] = "enforce"
-    assert dnsrecords.mta_sts_id(parse(data)) != first
-    assert "mode: enforce\r\n" in dnsrecords.mta_sts_policy(parse(data))
-    data["hostname"] = "mx.example.test"
-    assert "mx: mx.example.test\r\n" in dnsrecords.mta_sts_policy(parse(data))
+    assert dnsrecords.mta_sts_policy(parse(data)) == (
+        "version: STSv1\r\nmode: testing\r\nmx: mail.example.test\r\nmax_age: 604800\r\n"
+    )
+    # With a web section, the policy is exactly what webd serves, and so is the id's source.
+    data["web"] = {"listeners": [{"name": "webs", "address": "0.0.0.0", "port": 443}]}
+    assert dnsrecords.mta_sts_id(parse(data)) == first
+    data["web"]["mta_sts"] = {"mode": "enforce", "max_age": 86400}
+    config = parse(data)
+    assert dnsrecords.mta_sts_id(config) != first
+    assert dnsrecords.mta_sts_policy(config).encode() == web_content.mta_sts_policy(config)
+    assert "(mode enforce)" in one(dnsrecords.records(config), "_mta-sts.example.test", "TXT").why
+    # SRV records name the host webd tells clients to use.
+    data["web"]["client_hostname"] = "imap.example.test"
+    srv = one(dnsrecords.records(parse(data)), "_submission._tcp.example.test", "SRV")
+    assert srv.value == "10 1 587 imap.example.test."
 
 
 def test_dmarc_reports_to_another_domain_need_its_consent(files: dict[str, Path]) -> None:
@@ -251,8 +262,7 @@ def test_dmarc_reports_to_another_domain_need_its_consent(files: dict[str, Path]
         ("ipv4", "mail.example.test", "not an IPv4 address"),
         ("dmarc_policy", "block", "must be one of none, quarantine, reject"),
         ("dmarc_report_to", "nobody", "not a valid mail address"),
-        ("mta_sts_mode", "on", "must be one of none, testing, enforce"),
-        ("mta_sts_max_age", 10, "between 86400 and 31557600"),
+        ("mta_sts_mode", "enforce", "unknown key"),  # the policy is web.mta_sts, which webd serves
         ("ttl", 300, "unknown key"),
     ],
 )
