@@ -511,3 +511,12 @@ def test_mime_nesting_is_followed_up_to_a_limit() -> None:
     assert run("BODY shallow", views) == [1]
     assert run("BODY deep", views) == []  # beyond MAX_MIME_DEPTH: not searched, and no crash
     assert run("BODY text", views) == [1]
+
+
+def test_search_with_keyword_context() -> None:
+    views = [View(1, 10), View(2, 20, frozenset({"\\Seen"})), View(3, 30)]
+    cmd = command(b"UNSEEN $")
+    assert [v.seq for v in s.search(cmd.keys, views, saved_uids=[30, 20])] == [3]
+    assert s.search(cmd.keys, views) == []
+    cmd = command(b"NEW")
+    assert [v.seq for v in s.search(cmd.keys, views, recent_uids={10, 20})] == [1]

@@ -6,6 +6,7 @@ and a `SearchContext`; the keys come parsed from `protocol/search.py`:
 
     if not charset_supported(cmd.charset):  ->  NO [BADCHARSET (US-ASCII UTF-8)]
     matches = evaluate(cmd.keys, views, SearchContext(charset=cmd.charset, saved_uids=...))
+    # or, the same: search(cmd.keys, views, charset=cmd.charset, saved_uids=...)
     numbers = [v.uid if cmd.uid else v.seq for v in matches]
     # plain SEARCH: responses.search(numbers, modseq=highest_modseq(matches) if mentions_modseq(...))
     # SEARCH RETURN (...): r = esearch_result(matches, cmd.return_options, uid=cmd.uid, ...)
@@ -141,6 +142,22 @@ def evaluate(keys: Sequence[keys_mod.SearchKey], views: Iterable[V], ctx: Search
     if cost < HEADERS:
         return [v for v in views if pred(v, None)]
     return [v for v in views if pred(v, LazyMessage(v))]
+
+
+def search(
+    keys: Sequence[keys_mod.SearchKey],
+    views: Iterable[V],
+    *,
+    saved_uids: Iterable[int] | None = None,
+    recent_uids: Iterable[int] = (),
+    charset: str | None = None,
+    max_seq: int | None = None,
+    max_uid: int | None = None,
+) -> list[V]:
+    """`evaluate` with the context given as keyword arguments."""
+    saved = None if saved_uids is None else frozenset(saved_uids)
+    ctx = SearchContext(max_seq, max_uid, frozenset(recent_uids), saved, charset)
+    return evaluate(keys, views, ctx)
 
 
 def mentions_modseq(keys: Iterable[keys_mod.SearchKey]) -> bool:
@@ -383,28 +400,33 @@ def _day_start(day: dt.date, tz: dt.tzinfo) -> float:
 # ---------------------------------------------------------------------------------- messages
 class LazyMessage:
     """One message parsed on demand: header fields, decoded values, body text. Never raises on
-    malformed input; what cannot be decoded is skipped or replaced."""
+    malformed input; what cannot be decoded is skipped or replaced. It keeps the header block and
+    what it derived, never the body's octets, so many of them can be alive at once."""
 
-    __slots__ = ("_body", "_decoded", "_header_text", "_headers", "_split", "view")
+    __slots__ = ("_body", "_decoded", "_fields", "_header", "_header_text", "_headers", "view")
 
     def __init__(self, view: MessageView) -> None:
         self.view = view
-        self._split: tuple[bytes, bytes] | None = None
+        self._header: bytes | None = None
+        self._fields: list[tuple[str, bytes]] | None = None
         self._headers: dict[str, list[bytes]] | None = None
         self._decoded: dict[str, list[str]] = {}
         self._body: str | None = None
         self._header_text: str | None = None
 
-    def _parts(self) -> tuple[bytes, bytes]:
-        if self._split is None:
-            self._split = split_message(self.view.data())
-        return self._split
+    def fields(self) -> list[tuple[str, bytes]]:
+        """The header fields in order, as `parse_headers` gives them."""
+        if self._fields is None:
+            if self._header is None:
+                self._header = split_message(self.view.data())[0]
+            self._fields = parse_headers(self._header)
+        return self._fields
 
     def headers(self) -> dict[str, list[bytes]]:
         """Field name (lower case) -> raw unfolded values, in order."""
         if self._headers is None:
             self._headers = {}
-            for name, value in parse_headers(self._parts()[0]):
+            for name, value in self.fields():
                 self._headers.setdefault(name, []).append(value)
         return self._headers
 
@@ -437,16 +459,17 @@ class LazyMessage:
     def header_text(self) -> str:
         """The whole header, decoded and case folded."""
         if self._header_text is None:
-            lines = [f"{name}: {decode_header(value)}" for name, value in parse_headers(self._parts()[0])]
+            lines = [f"{name}: {decode_header(value)}" for name, value in self.fields()]
             self._header_text = "\n".join(lines).casefold()
         return self._header_text
 
     def body_text(self) -> str:
         """The text of every text/* part, decoded and case folded."""
         if self._body is None:
-            header, body = self._parts()
-            budget = [MAX_MIME_PARTS]
-            texts = _texts(parse_headers(header), body, 0, budget, "text/plain")
+            header, body = split_message(self.view.data())
+            if self._header is None:
+                self._header = header
+            texts = _texts(self.fields(), body, 0, [MAX_MIME_PARTS], "text/plain")
             self._body = "\n".join(texts).casefold()
         return self._body
 
@@ -587,7 +610,7 @@ def content_type(value: bytes | None, default: str = "text/plain") -> tuple[str,
     """(type/subtype lower case, parameters with lower-case names); RFC 2045 default if absent."""
     if value is None:
         return default, {}
-    text = value.decode("latin-1")
+    text = value[:8192].decode("latin-1")
     main = text.split(";", 1)[0].strip().lower()
     if "/" not in main:
         main = default

@@ -30,16 +30,22 @@ V = TypeVar("V", bound=MessageView)
 
 
 def sort(criteria: Sequence[tuple[bool, str]], views: Iterable[V]) -> list[V]:
-    """`views` ordered by `criteria` ((reverse, key) pairs, most significant first)."""
-    items = sorted(views, key=lambda v: v.seq)
-    messages = {id(v): LazyMessage(v) for v in items}
-    for reverse, name in reversed(criteria):  # stable sorts, least significant first
-        value = _VALUES.get(name.upper())
-        if value is None:
-            raise ValueError(f"unknown sort key {name}")
-        values = {id(v): value(messages[id(v)]) for v in items}
-        items.sort(key=lambda v: values[id(v)], reverse=reverse)
-    return items
+    """`views` ordered by `criteria` ((reverse, key) pairs, most significant first).
+
+    Each message is read once and only its sort values are kept while sorting."""
+    getters = []
+    for _, name in criteria:
+        getter = _VALUES.get(name.upper())
+        if getter is None:
+            raise ValueError(f"unknown sort key {name[:40]}")
+        getters.append(getter)
+    rows = []
+    for view in sorted(views, key=lambda v: v.seq):
+        m = LazyMessage(view)
+        rows.append((tuple(get(m) for get in getters), view))
+    for index in reversed(range(len(criteria))):  # stable sorts, least significant first
+        rows.sort(key=lambda row: row[0][index], reverse=criteria[index][0])
+    return [view for _, view in rows]
 
 
 def _address_field(m: LazyMessage, name: str) -> tuple[str, str]:
@@ -79,9 +85,8 @@ _VALUES: dict[str, Callable[[LazyMessage], object]] = {
 
 # ------------------------------------------------------------------------- base subject (2.1)
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
-_BLOB = r"\[[^\[\]]*\] *"
-_LEADER = re.compile(r"(?:" + _BLOB + r")*(?:re|fwd?) *(?:" + _BLOB + r")?:", re.IGNORECASE)
-_BLOB_PREFIX = re.compile(_BLOB)
+_BLOB = re.compile(r"\[[^\[\]]*\] *")
+_REFWD = re.compile(r"(?:re|fwd?) *(?:\[[^\[\]]*\] *)?:", re.IGNORECASE)
 
 
 def base_subject(subject: str) -> tuple[str, bool]:
@@ -92,34 +97,48 @@ def base_subject(subject: str) -> tuple[str, bool]:
     goes if something is left; "[fwd: ...]" is unwrapped, all repeated until nothing changes.
     A reply or forward is a subject from which a subj-refwd, a "(fwd)" trailer or a
     "[fwd: ...]" wrapper was removed (RFC 5256 4, REFERENCES step 5).
+
+    The text is never copied while it shrinks (two indexes move inwards), and a run of blobs is
+    scanned once, so a hostile subject of thousands of "[x]" or "re:" costs linear time.
     """
     s = _WSP_RUN.sub(" ", subject)
+    i, j = 0, len(s)
     reply = False
     while True:
-        # (2) trailers
-        while True:
-            s = s.rstrip(" ")
-            if s[-5:].lower() == "(fwd)":
-                s = s[:-5]
+        # (2) trailing blanks and "(fwd)"
+        while j > i:
+            if s[j - 1] == " ":
+                j -= 1
+            elif j - i >= 5 and s[j - 5 : j].lower() == "(fwd)":
+                j -= 5
                 reply = True
             else:
                 break
-        # (3)-(5) leaders and blobs
+        # (3)-(5) leaders: blanks, *blob refwd; then leading blobs that leave something
         while True:
-            before = s
-            s = s.lstrip(" ")
-            m = _LEADER.match(s)
-            if m:
-                s = s[m.end() :]
+            while i < j and s[i] == " ":
+                i += 1
+            blob_ends = []
+            pos = i
+            while (m := _BLOB.match(s, pos, j)) is not None:
+                pos = m.end()
+                blob_ends.append(pos)
+            m = _REFWD.match(s, pos, j)
+            if m is not None:
+                i = m.end()
                 reply = True
-            m = _BLOB_PREFIX.match(s)
-            if m and s[m.end() :].strip(" "):
-                s = s[m.end() :]
-            if s == before:
-                break
-        # (6) [fwd: ...]
-        if s[:5].lower() == "[fwd:" and s.endswith("]"):
-            s = s[5:-1]
+                continue
+            # (4) repeated: each blob goes while a non-empty base subject remains after it
+            if blob_ends:
+                if blob_ends[-1] < j:
+                    i = blob_ends[-1]
+                elif len(blob_ends) > 1:
+                    i = blob_ends[-2]
+            break
+        # (6) "[fwd:" ... "]"
+        if j - i >= 6 and s[i : i + 5].lower() == "[fwd:" and s[j - 1] == "]":
+            i += 5
+            j -= 1
             reply = True
             continue
-        return s, reply
+        return s[i:j], reply
