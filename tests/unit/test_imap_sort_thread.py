@@ -381,3 +381,50 @@ def test_sort_reads_each_message_once() -> None:
     reads.clear()
     assert [v.seq for v in so.sort([(True, "SIZE"), (False, "ARRIVAL")], views)] == [1, 2, 3]
     assert reads == []  # SIZE and ARRIVAL never read the message
+
+
+def test_references_missing_message_inside_a_thread_is_spliced_out() -> None:
+    views = box(
+        mail("A", msgid="<a@x>", when=0),
+        mail("Re: A", msgid="<b@x>", refs="<a@x> <lost@x>", when=1),
+        mail("Re: A", msgid="<c@x>", refs="<a@x> <lost@x>", when=2),
+        mail("Re: A", msgid="<d@x>", refs="<a@x>", when=3),
+    )
+    # The lost message's replies become siblings of the message that replied to A directly.
+    roots = th.thread("REFERENCES", views)
+    assert roots == [ThreadNode(1, (ThreadNode(2), ThreadNode(3), ThreadNode(4)))]
+    assert wire(roots) == b"(1 (2)(3)(4))"
+
+
+def test_references_missing_parent_takes_the_subject_table_over_a_message() -> None:
+    views = box(
+        mail("Party", msgid="<p@x>", when=0),
+        mail("Re: Party", msgid="<1@x>", refs="<gone@x>", when=1),
+        mail("Re: Party", msgid="<2@x>", refs="<gone@x>", when=2),
+    )
+    # The missing parent holding 2 and 3 wins the subject: the original joins it as a sibling.
+    assert threads("REFERENCES", views) == b"((1)(2)(3))"
+
+
+def test_references_only_the_last_ids_count() -> None:
+    refs = " ".join(f"<r{i}@x>" for i in range(th.MAX_REFERENCES + 1))
+    start = mail("Start", msgid="<r0@x>", when=0)
+    assert threads("REFERENCES", box(start, mail("Next", refs=refs, when=1))) == b"(1)(2)"
+    refs = " ".join(f"<r{i}@x>" for i in range(th.MAX_REFERENCES))
+    assert threads("REFERENCES", box(start, mail("Next", refs=refs, when=1))) == b"(1 2)"
+
+
+def test_references_own_references_override_where_others_put_a_message() -> None:
+    views = box(
+        mail("Alpha", msgid="<p1@x>", when=0),
+        mail("Beta", msgid="<p2@x>", when=1),
+        mail("Re: Beta", msgid="<z@x>", refs="<p1@x> <x@x>", when=3),  # wrongly puts x under p1
+        mail("Re: Beta", msgid="<x@x>", refs="<p2@x>", when=2),
+    )
+    assert threads("REFERENCES", views) == b"(1)(2 4 3)"
+    views = box(
+        mail("Alpha", msgid="<p1@x>", when=0),
+        mail("Re: Gamma", msgid="<z@x>", refs="<p1@x> <x@x>", when=3),
+        mail("Gamma", msgid="<x@x>", when=2),  # no references: no parent, whatever others said
+    )
+    assert threads("REFERENCES", views) == b"(1)(3 2)"
