@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, daemon
+from . import __version__, backup, daemon
 from .accounts import Directory, hash_password
 from .config import Config, ConfigError, load
 from .tls import server_context
@@ -403,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = commands.add_parser("metricsd", help="run the metrics endpoint (Prometheus) in the foreground")
     metrics.add_argument("--config", default=DEFAULT_CONFIG)
     metrics.set_defaults(func=metricsd)
+
+    backup.add_parser(commands)
 
     dns = commands.add_parser("dns", help="the DNS records to publish for each domain, each with its reason")
     dns.add_argument("--config", default=DEFAULT_CONFIG)
