@@ -443,3 +443,54 @@ def test_restart_keeps_uids_and_flags(imapd: Imapd) -> None:
     _typ, data = client.uid("FETCH", "1", "(FLAGS)")
     assert b"\\Answered" in data[0]
     client.logout()
+
+
+# ------------------------------------------------------------------------- hostile input
+
+
+def test_login_timeout_says_bye(imapd: Imapd) -> None:
+    sock = raw(imapd.imap)
+    sock.settimeout(15)
+    started = time.monotonic()
+    data = sock.recv(4096)  # the fixture's login_timeout is 5 s
+    assert data.startswith(b"* BYE") and b"Autologout" in data
+    assert time.monotonic() - started >= 4
+    sock.close()
+
+
+def test_deep_nesting_nul_and_odd_names_are_refused_cleanly(imapd: Imapd) -> None:
+    imapd.deliver(ALICE, message("target"))
+    client = imapd.client()
+    client.select("INBOX")
+    tag = client._new_tag().decode()
+    sock = client.socket()
+    sock.sendall(tag.encode() + b" SEARCH " + b"(" * 200 + b"ALL" + b")" * 200 + b"\r\n")
+    line = client.readline()
+    while line.startswith(b"*"):
+        line = client.readline()
+    assert line.startswith(tag.encode() + b" BAD"), line
+    sock.sendall(b'n1 CREATE "bad\\x00name"\r\n')
+    assert client.readline().startswith(b"n1 ")  # a reply, not a crash
+    for name in ["..", ".hidden", "a..b", "/etc", "INBOX/../../x", "&Jjo-/x", "x."]:
+        typ, _ = client.create(name)
+        assert typ == "NO", name
+    assert sorted(p.name for p in imapd.store.iterdir()) == ["example.test"]
+    maildir_entries = {p.name for p in imapd.maildir(ALICE).iterdir()}
+    assert not any(".." in e or "/" in e for e in maildir_entries)
+    # NUL inside a quoted string is not IMAP: BAD, and the session goes on.
+    sock.sendall(b'z1 SELECT "IN\x00BOX"\r\n')
+    assert client.readline().startswith(b"z1 BAD")
+    assert client.noop()[0] == "OK"
+    client.logout()
+
+
+def test_append_larger_than_the_limit_is_refused_before_sending(imapd: Imapd) -> None:
+    client = imapd.client()
+    sock = client.socket()
+    sock.sendall(b"big APPEND INBOX {99999999999}\r\n")
+    line = client.readline()
+    assert line.startswith(b"big BAD") or line.startswith(b"big NO"), line
+    sock.sendall(b"big2 APPEND INBOX {%d}\r\n" % (30 * 1024 * 1024))  # above max_message_size
+    assert client.readline().startswith(b"big2 NO [TOOBIG]")
+    assert client.noop()[0] == "OK"
+    client.logout()
