@@ -494,3 +494,27 @@ def test_append_larger_than_the_limit_is_refused_before_sending(imapd: Imapd) ->
     assert client.readline().startswith(b"big2 NO [TOOBIG]")
     assert client.noop()[0] == "OK"
     client.logout()
+
+
+def test_sort_thread_and_searchres(imapd: Imapd) -> None:
+    imapd.deliver(ALICE, message("b topic", "first\n"))
+    imapd.deliver(ALICE, message("a topic", "second\n", sender="aaron@example.org"))
+    reply = message("Re: b topic", "third\n").replace(
+        b"\n\nthird", b"\nIn-Reply-To: <b.topic@example.org>\nReferences: <b.topic@example.org>\n\nthird"
+    )
+    imapd.deliver(ALICE, reply)
+    client = imapd.client()
+    client.select("INBOX")
+    typ, data = client.sort("(SUBJECT)", "UTF-8", "ALL")
+    assert typ == "OK" and data == [b"2 1 3"]
+    typ, data = client.sort("(REVERSE ARRIVAL)", "UTF-8", "ALL")
+    assert data == [b"3 2 1"]
+    typ, data = client.thread("REFERENCES", "UTF-8", "ALL")
+    assert typ == "OK" and data == [b"(1 3)(2)"], data
+    typ, _ = client._simple_command("SEARCH", "RETURN", "(SAVE)", "FROM", "aaron")
+    assert typ == "OK"
+    typ, data = client.fetch("$", "(UID)")
+    assert typ == "OK" and data == [b"2 (UID 2)"]
+    typ, data = client._simple_command("SEARCH", "CHARSET", "KOI8-R", "ALL")
+    assert typ == "NO" and b"BADCHARSET" in data[0]
+    client.logout()

@@ -14,17 +14,19 @@ from ..store import FolderError, InvalidFlag, InvalidFolderName, MessageGone, No
 from ..store.folder import Mode
 from ..store.maildir import Maildir
 from . import fetching
+from . import search as engine
+from . import sort as sorting
+from . import thread as threading
 from .base import Reply, State, bad, no, ok
 from .protocol import commands as c
 from .protocol import responses as r
-from .protocol import search as search_keys
 from .selected import Selected
 
 if TYPE_CHECKING:
     from .session import Session
 
 FETCH_BATCH = 500  # messages rendered per worker-thread call; output is flushed between batches
-SUPPORTED_CHARSETS = ("UTF-8", "US-ASCII")
+BADCHARSET = r.code("BADCHARSET", [r.Atom("US-ASCII"), r.Atom("UTF-8")])
 
 
 class MessageView:
@@ -63,19 +65,6 @@ class MessageView:
             except MessageGone:
                 self._data = b""
         return self._data
-
-
-def _uses_modseq(keys: tuple[Any, ...]) -> bool:
-    for key in keys:
-        if isinstance(key, search_keys.ModSeq):
-            return True
-        for attr in ("key", "left", "right"):
-            sub = getattr(key, attr, None)
-            if sub is not None and _uses_modseq((sub,)):
-                return True
-        if isinstance(key, search_keys.And) and _uses_modseq(key.keys):
-            return True
-    return False
 
 
 class MessageCommands:
@@ -318,75 +307,69 @@ class MessageCommands:
         selected = self._sel()
         return [MessageView(seq, info, selected.folder) for seq, info in selected.infos()]
 
-    async def do_search(self: Session, command: c.Search) -> Reply:
-        from . import search as engine
-
-        if command.charset is not None and command.charset.upper() not in SUPPORTED_CHARSETS:
-            self.write(b"")
-            return no("Unsupported charset", r.code("BADCHARSET", [r.Atom(x) for x in SUPPORTED_CHARSETS]))
+    def _matching(self: Session, keys: tuple[Any, ...], charset: str | None) -> list[MessageView]:
+        """The messages a search program matches (in a worker thread; raises SearchError)."""
         selected = self._sel()
-        if _uses_modseq(command.keys):
+        largest_uid = selected.uids[-1] if selected.uids else 0
+        return engine.search(
+            keys,
+            self._views(),
+            saved_uids=selected.saved,
+            charset=charset,
+            max_seq=selected.exists,
+            max_uid=largest_uid,
+        )
+
+    async def do_search(self: Session, command: c.Search) -> Reply:
+        if not engine.charset_supported(command.charset):
+            return no("Unsupported charset", BADCHARSET)
+        selected = self._sel()
+        with_modseq = engine.mentions_modseq(command.keys)
+        if with_modseq:
             self.condstore = True
-
-        def run() -> tuple[list[MessageView], int]:
-            views = self._views()
-            matched = engine.search(command.keys, views, saved_uids=selected.saved)
-            return matched, max((v.modseq for v in matched), default=0)
-
-        matched, highest = await self.io(run)
-        numbers = [v.uid if command.uid else v.seq for v in matched]
-        modseq = highest if _uses_modseq(command.keys) and matched else None
-        options = command.return_options
-        if options is None:
+        try:
+            matched = await self.io(self._matching, command.keys, command.charset)
+        except engine.SearchError as exc:
+            return bad(str(exc))
+        if command.return_options is None:
+            numbers = [v.uid if command.uid else v.seq for v in matched]
+            modseq = engine.highest_modseq(matched) if with_modseq else None
             self.write(r.search(numbers, modseq=modseq))
             return ok("SEARCH completed")
-        wanted = {o.upper() for o in options} or {"ALL"}
-        if "SAVE" in wanted:
-            selected.saved = [v.uid for v in matched]
-            wanted.discard("SAVE")
-            if not wanted:
-                return ok("SEARCH completed, result saved")
-        self.write(
-            r.esearch(
-                command.tag,
-                uid=command.uid,
-                minimum=min(numbers) if "MIN" in wanted and numbers else None,
-                maximum=max(numbers) if "MAX" in wanted and numbers else None,
-                count=len(numbers) if "COUNT" in wanted else None,
-                all_numbers=numbers if "ALL" in wanted else None,
-                modseq=modseq,
-            )
+        result = engine.esearch_result(
+            matched, command.return_options, uid=command.uid, with_modseq=with_modseq
         )
+        if result.saved_uids is not None:
+            selected.saved = sorted(result.saved_uids)
+        if result.fields is not None:
+            self.write(r.esearch(command.tag, uid=command.uid, **result.fields))  # type: ignore[arg-type]
         return ok("SEARCH completed")
 
     async def do_sort(self: Session, command: c.Sort) -> Reply:
-        from . import search as engine
-        from . import sort as sorting
-
-        if command.charset.upper() not in SUPPORTED_CHARSETS:
-            return no("Unsupported charset", r.code("BADCHARSET", [r.Atom(x) for x in SUPPORTED_CHARSETS]))
-        selected = self._sel()
+        if not engine.charset_supported(command.charset):
+            return no("Unsupported charset", BADCHARSET)
 
         def run() -> list[MessageView]:
-            matched = engine.search(command.keys, self._views(), saved_uids=selected.saved)
-            return sorting.sort(command.criteria, matched)
+            return sorting.sort(command.criteria, self._matching(command.keys, command.charset))
 
-        ordered = await self.io(run)
+        try:
+            ordered = await self.io(run)
+        except engine.SearchError as exc:
+            return bad(str(exc))
         self.write(r.sort(v.uid if command.uid else v.seq for v in ordered))
         return ok("SORT completed")
 
     async def do_thread(self: Session, command: c.Thread) -> Reply:
-        from . import search as engine
-        from . import thread as threading
+        if not engine.charset_supported(command.charset):
+            return no("Unsupported charset", BADCHARSET)
 
-        if command.charset.upper() not in SUPPORTED_CHARSETS:
-            return no("Unsupported charset", r.code("BADCHARSET", [r.Atom(x) for x in SUPPORTED_CHARSETS]))
-        selected = self._sel()
-
-        def run() -> Any:
-            matched = engine.search(command.keys, self._views(), saved_uids=selected.saved)
+        def run() -> list[r.ThreadNode]:
+            matched = self._matching(command.keys, command.charset)
             return threading.thread(command.algorithm, matched, uid=command.uid)
 
-        roots = await self.io(run)
+        try:
+            roots = await self.io(run)
+        except engine.SearchError as exc:
+            return bad(str(exc))
         self.write(r.thread(roots))
         return ok("THREAD completed")
