@@ -1,0 +1,68 @@
+"""The selected folder's numbering and updates (imap/selected.py) against a real Maildir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailroom.imap.protocol import SequenceSet
+from mailroom.imap.selected import Selected
+from mailroom.store import Folder, Maildir
+
+
+@pytest.fixture
+def maildir(tmp_path: Path) -> Maildir:
+    box = Maildir(tmp_path / "alice")
+    box.create()
+    return box
+
+
+def opened(maildir: Maildir, n: int) -> Selected:
+    for i in range(n):
+        maildir.deliver(b"Subject: %d\n\nbody\n" % i)
+    selected = Selected(Folder(maildir.path), "INBOX", readonly=False)
+    selected.open()
+    return selected
+
+
+def test_sequence_sets_resolve_to_seq_uid_pairs(maildir: Maildir) -> None:
+    selected = opened(maildir, 5)
+    assert selected.resolve(SequenceSet.parse("2:3,5"), uid=False) == [(2, 2), (3, 3), (5, 5)]
+    assert selected.resolve(SequenceSet.parse("4:*"), uid=False) == [(4, 4), (5, 5)]
+    assert selected.resolve(SequenceSet.parse("*:4"), uid=True) == [(4, 4), (5, 5)]
+    assert selected.resolve(SequenceSet.parse("3,3,1"), uid=True) == [(1, 1), (3, 3)]
+    assert selected.resolve(SequenceSet.parse("99"), uid=True) == []
+    assert selected.out_of_range(SequenceSet.parse("6"))
+    assert not selected.out_of_range(SequenceSet.parse("1:*"))
+
+
+def test_other_sessions_changes_become_untagged_responses(maildir: Maildir) -> None:
+    selected = opened(maildir, 3)
+    other = Folder(maildir.path)
+    other.sync()
+    other.store_flags([2], ["\\Seen"], "add")
+    assert selected.updates(expunge=True, condstore=False, qresync=False) == b"* 2 FETCH (FLAGS (\\Seen))\r\n"
+    other.store_flags([1, 3], ["\\Deleted"], "add")
+    other.expunge()
+    maildir.deliver(b"Subject: new\n\n")
+    # During FETCH/STORE/SEARCH no EXPUNGE: the numbers stay, the new message is announced.
+    assert selected.updates(expunge=False, condstore=False, qresync=False) == b"* 4 EXISTS\r\n"
+    assert selected.uids.tolist() == [1, 2, 3, 4]
+    assert selected.info(1) is None  # gone, still numbered
+    # The next command that may carry EXPUNGE reports both, highest number first.
+    assert selected.updates(expunge=True, condstore=False, qresync=False) == b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\n"
+    assert selected.uids.tolist() == [2, 4]
+
+
+def test_qresync_reports_vanished_and_condstore_modseq(maildir: Maildir) -> None:
+    selected = opened(maildir, 2)
+    other = Folder(maildir.path)
+    other.sync()
+    other.store_flags([1], ["\\Flagged"], "add")
+    modseq = other.message(1).modseq
+    out = selected.updates(expunge=True, condstore=True, qresync=True)
+    assert out == b"* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ (%d))\r\n" % modseq
+    other.store_flags([2], ["\\Deleted"], "add")
+    other.expunge()
+    assert selected.updates(expunge=True, condstore=True, qresync=True) == b"* VANISHED 2\r\n"
