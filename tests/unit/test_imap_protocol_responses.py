@@ -168,3 +168,11 @@ def test_uid_set_compression() -> None:
     assert r.uid_set([9]) == "9"
     with pytest.raises(ValueError):
         r.uid_set([])
+
+
+def test_thread_writer_handles_threads_deeper_than_the_recursion_limit() -> None:
+    node = r.ThreadNode(99999)
+    for n in range(5000, 0, -1):  # alternating: a flat chain link, then a branch
+        node = r.ThreadNode(n, (node,) if n % 2 else (node, r.ThreadNode(100000 + n)))
+    out = r.thread([node])
+    assert out.startswith(b"* THREAD (1 2 (3 4 (5 ") and out.count(b"(") == out.count(b")")

@@ -30,13 +30,13 @@ BADCHARSET = r.code("BADCHARSET", [r.Atom("US-ASCII"), r.Atom("UTF-8")])
 
 
 class MessageView:
-    """One message as SEARCH, SORT and THREAD see it; the content is read only if a key needs it."""
+    """One message as SEARCH, SORT and THREAD see it; the content is read only if a key needs it,
+    and not kept (the engine parses each message at most once per command)."""
 
-    __slots__ = ("_data", "folder", "info", "seq")
+    __slots__ = ("folder", "info", "seq")
 
     def __init__(self, seq: int, info: Any, folder: Any) -> None:
         self.seq, self.info, self.folder = seq, info, folder
-        self._data: bytes | None = None
 
     @property
     def uid(self) -> int:
@@ -59,12 +59,10 @@ class MessageView:
         return self.info.internaldate
 
     def data(self) -> bytes:
-        if self._data is None:
-            try:
-                self._data = self.folder.read(self.info.uid)
-            except MessageGone:
-                self._data = b""
-        return self._data
+        try:
+            return self.folder.read(self.info.uid)
+        except MessageGone:
+            return b""
 
 
 class MessageCommands:

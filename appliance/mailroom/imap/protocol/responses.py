@@ -255,21 +255,29 @@ class ThreadNode:
 
 
 def thread(roots: Iterable[ThreadNode]) -> bytes:
-    """`* THREAD (2)(3 6 (4 23)(44 7 96))`."""
-
-    def members(node: ThreadNode) -> str:
+    """`* THREAD (2)(3 6 (4 23)(44 7 96))`. Iterative: a thread may be thousands deep."""
+    out: list[str] = []
+    stack: list[str | ThreadNode] = []
+    for root in reversed(list(roots)):
+        stack += [")", root, "("]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
         parts: list[str] = []
-        while node.number is not None:
+        node = item
+        while node.number is not None:  # a chain of single replies is written flat
             parts.append(str(node.number))
             if len(node.children) != 1:
                 break
             node = node.children[0]
-        nested = "".join(f"({members(c)})" for c in node.children)
-        if node.number is not None and len(node.children) == 1:
-            nested = ""
-        return " ".join(parts) + (" " + nested if parts and nested else nested)
-
-    return b"* THREAD " + "".join(f"({members(r)})" for r in roots).encode("ascii") + b"\r\n"
+        out.append(" ".join(parts))
+        if parts and node.children:
+            out.append(" ")
+        for child in reversed(node.children):
+            stack += [")", child, "("]
+    return b"* THREAD " + "".join(out).encode("ascii") + b"\r\n"
 
 
 def namespace(
