@@ -22,7 +22,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / "playbooks" / "site.yml"
 INVENTORY = REPO / "inventory.example"
-ROLES = ("base", "tls", "mailroom")
+ROLES = ("base", "tls", "mailroom", "backup")
 SECRET = "Never-Print-Me-9f3a"
 
 # "TASK [role : name]": the role tasks allowed before validation has passed are the checks
