@@ -7,6 +7,8 @@ Mixed into `session.Session`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,9 @@ from .selected import Selected
 if TYPE_CHECKING:
     from .session import Session
 
+log = logging.getLogger("mailroom.imap")
+BACKGROUND: set[asyncio.Task[None]] = set()  # learning tasks, kept referenced until done
+LEARN_AT_ONCE = 100  # messages taught per COPY/MOVE: a mass move of old mail is not a lesson
 FETCH_BATCH = 500  # messages rendered per worker-thread call; output is flushed between batches
 BADCHARSET = r.code("BADCHARSET", [r.Atom("US-ASCII"), r.Atom("UTF-8")])
 
@@ -297,7 +302,41 @@ class MessageCommands:
         return ok("COPY completed", code)
 
     def on_copied(self: Session, source: str, target: str, mapping: dict[int, int], *, move: bool) -> None:
-        """A hook for what follows a copy (spam learning on moves into or out of Junk)."""
+        """Teach the spam filter from the user's sorting: a message put into Junk is spam, one
+        taken out of Junk (anywhere but Trash) is ham. Runs in the background; failures are
+        logged and counted by the filter, never the client's problem."""
+        if self.learn is None or not mapping or self.mailbox is None:
+            return
+        mailbox = self.mailbox
+        try:
+            into = mailbox.special_use(target)
+            out_of = mailbox.special_use(source)
+        except InvalidFolderName:
+            return
+        if into == "\\Junk" and out_of != "\\Junk":
+            kind = "spam"
+        elif out_of == "\\Junk" and into not in ("\\Junk", "\\Trash"):
+            kind = "ham"
+        else:
+            return
+        learn = self.learn
+        dest_uids = sorted(mapping.values())
+
+        async def teach() -> None:
+            dest = await self.io(mailbox.folder, target)
+            for uid in dest_uids[:LEARN_AT_ONCE]:
+                try:
+                    data = await self.io(dest.read, uid)
+                    await learn(kind, data)
+                except MessageGone:
+                    continue
+                except Exception as exc:  # the filter logs and counts its own failures
+                    log.warning("learning %s failed user=%s: %s", kind, self.address, exc)
+                    return
+
+        task = asyncio.get_running_loop().create_task(teach())
+        BACKGROUND.add(task)
+        task.add_done_callback(BACKGROUND.discard)
 
     # ----------------------------------------------------------------- SEARCH, SORT, THREAD
 

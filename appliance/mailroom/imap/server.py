@@ -35,6 +35,13 @@ def serve(config: Config) -> None:
     def maildir_of(address: str) -> Path:
         return store.mailbox(address).path
 
+    learn = None
+    if config.filtering.rspamd.enabled:
+        from ..filtering import learn_ham, learn_spam
+
+        async def learn(kind: str, data: bytes) -> str:
+            return await (learn_spam if kind == "spam" else learn_ham)(config, data)
+
     async def main(stop: asyncio.Event) -> None:
         limiter = daemon.ConnectionLimiter(config.imap_limits, workers=config.imap_workers)
         watcher = FolderWatcher()
@@ -73,6 +80,7 @@ def serve(config: Config) -> None:
                             watcher=watcher,
                             append_limit=config.smtp_max_message_size,
                             hostname=config.hostname,
+                            learn=learn,
                         )
                         await session.run()
                     except asyncio.CancelledError:

@@ -23,7 +23,7 @@ import functools
 import logging
 import ssl
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -148,6 +148,7 @@ class Session(MailboxCommands, MessageCommands):
         append_limit: int,
         hostname: str,
         extra_capabilities: tuple[str, ...] = (),
+        learn: Callable[[str, bytes], Awaitable[str]] | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -162,6 +163,7 @@ class Session(MailboxCommands, MessageCommands):
         self.append_limit = append_limit
         self.hostname = hostname
         self.extra_capabilities = extra_capabilities
+        self.learn = learn  # spam filter training: learn("spam" | "ham", message)
         peer = writer.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else str(peer)
         self.state = State.NOT_AUTHENTICATED
