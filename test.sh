@@ -24,6 +24,8 @@ packages=(python3 python3-venv openssl swaks ca-certificates fetchmail getmail6 
 [ "$molecule" = 1 ] && packages+=(mmdebstrap systemd-container iptables debian-archive-keyring)
 # A real Prometheus scrapes metricsd in the tests; promtool checks the alert rules.
 packages+=(prometheus)
+# Real borg backups, checks and restores in the backup tests (borgmatic comes from requirements-dev.txt).
+packages+=(borgbackup)
 # A real ACME CA (pebble) issues certificates in the tests; testssl.sh audits the TLS listeners.
 packages+=(pebble testssl.sh)
 missing=()
@@ -59,7 +61,8 @@ step "pytest"
 python -m pytest -p no:cacheprovider tests
 
 if [ "$molecule" = 1 ]; then
-    step "molecule test (Debian 12, systemd as PID 1, systemd-nspawn)"
-    molecule test
+    step "molecule test --all (Debian 12, systemd as PID 1, systemd-nspawn): default, then backup (restore on a second host)"
+    # One Molecule run at a time on a machine: the scenarios share the bridge and the base rootfs.
+    flock /tmp/mailroom-molecule.lock molecule test --all
 fi
 step "all tests passed"
