@@ -26,6 +26,8 @@ packages=(python3 python3-venv openssl swaks ca-certificates fetchmail getmail6 
 packages+=(prometheus)
 # Real borg backups, checks and restores in the backup tests (borgmatic comes from requirements-dev.txt).
 packages+=(borgbackup)
+# Dovecot's imap binary is the reference the IMAP message-structure tests compare with.
+packages+=(dovecot-imapd)
 # A real ACME CA (pebble) issues certificates in the tests; testssl.sh audits the TLS listeners.
 packages+=(pebble testssl.sh)
 missing=()

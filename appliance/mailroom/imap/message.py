@@ -153,10 +153,9 @@ class ParsedMessage:
         None when the encoding is unknown (the server answers NO [UNKNOWN-CTE])."""
         if not part:
             return self.data  # the whole message is never transfer-encoded
-        found = self._tree().find(part)
-        if found is None:
+        entity = self._tree().find(part)
+        if entity is None:
             return b""
-        entity, _ = found
         if entity.kind == "multipart":
             return entity.body_bytes()
         return _decode_cte(entity.cte().lower(), entity.body_bytes())
@@ -165,10 +164,9 @@ class ParsedMessage:
         if not sec.part:
             target = self._root
         else:
-            found = self._tree().find(sec.part)
-            if found is None:
+            entity = self._tree().find(sec.part)
+            if entity is None:
                 return b""
-            entity, _ = found
             if sec.text is None:
                 return entity.body_bytes()
             if sec.text == "MIME":
@@ -336,18 +334,21 @@ class _Entity:
             self._inner = _Entity(self.msg, self.body_start, self.end, self.depth + 1, self.budget)
         return self._inner
 
-    def find(self, numbers: tuple[int, ...]) -> tuple[_Entity, bool] | None:
-        """The part with these numbers (RFC 3501 6.4.5) and whether it is the body of a
-        non-multipart (part 1 of a single-part message or message/rfc822)."""
-        cur, as_message, same = self, True, False
+    def find(self, numbers: tuple[int, ...]) -> _Entity | None:
+        """The part with these numbers (RFC 3501 6.4.5), or None."""
+        cur, as_message, message_body = self, True, False
         for n in numbers:
+            if message_body and cur.kind != "message":
+                return None  # the body of a single-part message has no parts (as in Dovecot)
             parts = cur._parts(as_message)
             if n < 1 or n > len(parts):
                 return None
             nxt = parts[n - 1]
-            same = nxt is cur or (cur.kind == "message" and nxt is cur.inner())
+            message_body = as_message and nxt is cur
+            if not as_message and cur.kind == "message":
+                message_body = nxt is cur.inner()
             cur, as_message = nxt, False
-        return cur, same
+        return cur
 
     def _parts(self, as_message: bool) -> list[_Entity]:
         if self.kind == "multipart":
@@ -519,10 +520,9 @@ def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
             pieces[key].setdefault(index, (ext, val))
         else:
             order.append((name, val))
-    out: list[tuple[str, str]] = []
+    out = [(name, val) for name, val in order if val is not None]  # plain ones first
     for name, val in order:
         if val is not None:
-            out.append((name, val))
             continue
         segs = pieces[name.lower()]
         indexes = []
