@@ -85,6 +85,9 @@ def config_data(
             "workers": 2,
             **smtp,
         },
+        # No DNS outside loopback in tests: SPF/DKIM/DMARC (on by default) only where a test
+        # brings its own DNS server (tests/integration/test_filtering.py).
+        "filtering": {"spf": False, "dkim": False, "dmarc": False},
         **(extra or {}),
     }
 

@@ -194,6 +194,8 @@ class Config:
     runtime_dir: Path = Path("/run/mailroom")
     log_level: str = "info"
     delivery: Delivery = field(default_factory=Delivery)
+    # Checks of inbound mail on the mx listener (SPF/DKIM/DMARC, DNSBL, greylisting, rspamd, clamd).
+    filtering: Filtering = field(default_factory=lambda: Filtering())  # noqa: PLW0108 - defined below
     # tls.acme: the certificate comes from an ACME CA and `mailroom cert renew` renews it.
     acme: Acme | None = None
     # Absent web section: no web endpoint (webd refuses to start).
@@ -295,10 +297,11 @@ def parse(data: Any, source: Path | None = None) -> Config:
             "smtp",
             "metrics",
             "pop3",
+            "imap",
             "runtime_dir",
             "log_level",
-            "imap",
             "delivery",
+            "filtering",
             "web",
         }
     )
@@ -386,12 +389,12 @@ def parse(data: Any, source: Path | None = None) -> Config:
 
     metrics = _parse_metrics(top) if top.raw("metrics", None) is not None else None
     pop3_listeners, pop3_limits = _parse_pop3(top, listeners, has_tls=cert is not None)
-
-    runtime_dir = _absolute_path(top, "runtime_dir", "/run/mailroom")
-    assert runtime_dir is not None
     imap_listeners, imap_limits, imap_workers = _parse_imap(
         top, [*listeners, *pop3_listeners], has_tls=cert is not None
     )
+
+    runtime_dir = _absolute_path(top, "runtime_dir", "/run/mailroom")
+    assert runtime_dir is not None
     log_level = top.string("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
@@ -417,12 +420,13 @@ def parse(data: Any, source: Path | None = None) -> Config:
         metrics=metrics,
         pop3_listeners=pop3_listeners,
         pop3_limits=pop3_limits,
-        runtime_dir=runtime_dir,
-        log_level=log_level,
-        delivery=_parse_delivery(top),
         imap_listeners=imap_listeners,
         imap_limits=imap_limits,
         imap_workers=imap_workers,
+        runtime_dir=runtime_dir,
+        log_level=log_level,
+        delivery=_parse_delivery(top),
+        filtering=_parse_filtering(top, domains, [u.address for u in users]),
         acme=_parse_acme(tls, hostname, domains) if tls.raw("acme", None) is not None else None,
         web=_parse_web(top, hostname, domains) if top.raw("web", None) is not None else None,
         source=source,
@@ -474,10 +478,6 @@ def _parse_pop3(
     return tuple(listeners), limits
 
 
-def _absolute_path(reader: _Reader, name: str, default: Any = ...) -> Path | None:
-    value = reader.raw(name, default)
-    if value is None:
-        return None
 def _parse_imap(
     top: _Reader, other_listeners: list[Listener], has_tls: bool
 ) -> tuple[tuple[Listener, ...], ImapLimits, int]:
@@ -509,6 +509,10 @@ def _parse_imap(
     return tuple(listeners), ImapLimits(**values), workers
 
 
+def _absolute_path(reader: _Reader, name: str, default: Any = ...) -> Path | None:
+    value = reader.raw(name, default)
+    if value is None:
+        return None
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(reader.key(name), "must be an absolute path")
     return Path(value)

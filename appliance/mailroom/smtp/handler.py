@@ -22,6 +22,7 @@ from .. import metrics
 from ..accounts import Directory, Resolution
 from ..config import Config, User, is_plausible_address, split_address
 from ..dkim import Signer
+from ..filtering import InboundFilter, Verdict, deliver_to_junk
 from ..fsutil import free_bytes
 from ..queue import Envelope as QueueEnvelope
 from ..queue import Spool, SpoolError
@@ -155,6 +156,9 @@ class Handler:
                 return refuse(server, "rcpt", replies.NO_SUCH_USER)
             if await self.any_mailbox_full(resolution.local):
                 return refuse(server, "rcpt", replies.MAILBOX_FULL)
+            refusal = await self.check_recipient(session, envelope, address, resolution)
+            if refusal:
+                return refuse(server, "rcpt", refusal)
         elif not self.may_relay(session):
             log.info("relay denied peer=%s rcpt=%r", session.peer, address)
             return refuse(server, "rcpt", replies.RELAY_DENIED)
@@ -164,6 +168,18 @@ class Handler:
 
     def may_relay(self, session: Session) -> bool:
         return False
+
+    async def check_recipient(
+        self, session: Session, envelope: Envelope, address: str, resolution: Resolution
+    ) -> replies.Reply | None:
+        """Policy for a local recipient beyond existence and quota (mx: filtering)."""
+        return None
+
+    async def filtered(
+        self, session: Session, envelope: Envelope, body: bytes, users: tuple[str, ...], queue_id: str
+    ) -> Verdict | replies.Reply | None:
+        """Content checks at the end of DATA (mx: filtering); None: none here."""
+        return None
 
     async def signed(self, session: Session, body: bytes) -> bytes:
         """The message as it is stored: with DKIM signatures where this listener adds them."""
@@ -202,6 +218,11 @@ class Handler:
         for user in local.values():
             if user.quota_bytes and len(body) > user.quota_bytes:
                 return refuse(server, "data", replies.OVER_QUOTA)
+        verdict = await self.filtered(session, envelope, body, tuple(local), queue_id)
+        if isinstance(verdict, replies.Reply):
+            return refuse(server, "data", verdict)
+        if verdict is not None:
+            body = verdict.headers + verdict.message
         single = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
         signed = await self.signed(session, body)
         message = received_header(self.config, server, session, queue_id, single) + signed
@@ -209,6 +230,10 @@ class Handler:
         started = time.monotonic()
         try:
             for user in local.values():
+                if verdict is not None and user.address in verdict.junk:
+                    data = to_maildir_bytes(message)
+                    await loop.run_in_executor(None, deliver_to_junk, self.store, user.address, data)
+                    continue
                 mailbox = self.store.mailbox(user.address)
                 await loop.run_in_executor(None, mailbox.deliver, to_maildir_bytes(message))
             if remote:
@@ -245,6 +270,29 @@ class Handler:
 
 class InboundHandler(Handler):
     """Port 25: mail from the Internet for our domains. No logins, no relaying."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        # SPF/DKIM/DMARC, DNSBL, greylisting, rspamd and clamd: filtering/policy.py.
+        self.filter = InboundFilter(self.config)
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.filter.connection(session)  # the DNSBL lookups start while the client talks
+        return await super().handle_EHLO(server, session, envelope, hostname, responses)
+
+    async def check_recipient(
+        self, session: Session, envelope: Envelope, address: str, resolution: Resolution
+    ) -> replies.Reply | None:
+        users = tuple(u.address for u in resolution.local)
+        return await self.filter.recipient(session, str(envelope.mail_from or ""), users, address)
+
+    async def filtered(
+        self, session: Session, envelope: Envelope, body: bytes, users: tuple[str, ...], queue_id: str
+    ) -> Verdict | replies.Reply | None:
+        sender = str(envelope.mail_from or "")
+        return await self.filter.message(session, sender, tuple(envelope.rcpt_tos), users, body, queue_id)
 
 
 class SubmissionHandler(Handler):

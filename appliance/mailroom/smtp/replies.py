@@ -39,3 +39,15 @@ NOT_STORED = Reply(451, "4.3.0", "Message not stored, try again later", "not_sto
 
 def queued(queue_id: str) -> Reply:
     return Reply(250, "2.0.0", f"OK queued as {queue_id}")
+
+
+# Inbound filtering (filtering/policy.py).
+DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client host is on a DNS block list", "dnsbl")
+SENDER_BLOCKED = Reply(550, "5.7.1", "Sender refused by the recipient", "sender_blocked")
+GREYLISTED = Reply(451, "4.7.1", "Greylisted, please try again later", "greylisted")
+VIRUS_FOUND = Reply(554, "5.7.1", "Message contains a virus", "virus")
+DMARC_REJECTED = Reply(550, "5.7.1", "Message rejected by the DMARC policy of the sender's domain", "dmarc")
+SPAM_REJECTED = Reply(550, "5.7.1", "Message rejected as spam", "spam")
+FILTER_UNAVAILABLE = Reply(
+    451, "4.7.1", "Message could not be checked, try again later", "filter_unavailable"
+)
