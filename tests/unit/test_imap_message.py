@@ -500,6 +500,21 @@ def test_too_many_parts_are_capped():
     assert check_body(bs, False) <= m.MAX_PARTS
 
 
+def test_huge_structured_headers_are_cut():
+    many = b"From: " + b"a@b, " * 100_000 + b"\nContent-Type: text/plain" + b"; a=b" * 100_000 + b"\n\nx"
+    msg = m.ParsedMessage(many)
+    senders = parse(msg.envelope())[2]
+    assert 0 < len(senders) <= m.MAX_ADDRESSES
+    params = parse(msg.body_structure(False))[2]
+    assert 0 < len(params) // 2 <= 201  # at most 200 parsed, and the default charset
+    # comments nested a million deep are parsed without recursion
+    deep = m.ParsedMessage(
+        b"To: " + b"(" * 1_000_000 + b"\nContent-Type: text/plain (" + b"(" * 1_000_000 + b"\n\n"
+    )
+    assert parse(deep.envelope())[5] is None
+    assert parse(deep.body_structure(False))[:2] == [b"text", b"plain"]
+
+
 def test_binary_unknown_encoding():
     msg = m.ParsedMessage(b"Content-Transfer-Encoding: x-uuencode\n\nbegin\n")
     assert msg.binary((1,)) is None

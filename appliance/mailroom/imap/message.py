@@ -42,12 +42,13 @@ import binascii
 import re
 from email.header import decode_header, make_header
 
-from .protocol import fetch
-from .protocol.responses import value
+from .protocol import fetch, lexer
+from .protocol.responses import LONG_STRING, value
 
 MAX_DEPTH = 20  # nested multipart / message parts; deeper containers are opaque
 MAX_PARTS = 5000  # parts in one message; the rest of a body stays in the last part
 MAX_ADDRESSES = 1000  # per address header in an ENVELOPE
+MAX_STRUCTURED = 64 * 1024  # characters of an address or MIME header field that are parsed
 
 EMPTY_BODY = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
 EMPTY_BODYSTRUCTURE = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0 NIL NIL NIL NIL)'
@@ -203,6 +204,7 @@ class _Entity:
         "_children",
         "_ctype",
         "_fields",
+        "_index",
         "_inner",
         "_kind",
         "budget",
@@ -222,6 +224,7 @@ class _Entity:
         self.digest_child = digest_child
         self._body_start = None
         self._fields = None
+        self._index = None
         self._ctype = None
         self._kind = None
         self._children = None
@@ -252,7 +255,12 @@ class _Entity:
         return self._fields
 
     def raw_values(self, name: str) -> list[bytes]:
-        return [_unfold(raw) for n, raw in self.fields() if n == name]
+        if self._index is None:
+            index: dict[str | None, list[bytes]] = {}
+            for n, raw in self.fields():
+                index.setdefault(n, []).append(raw)
+            self._index = index
+        return [_unfold(raw) for raw in self._index.get(name, ())]
 
     def last(self, name: str) -> bytes | None:
         """The last such field (ENVELOPE takes the last, as Dovecot does)."""
@@ -260,17 +268,15 @@ class _Entity:
         return values[-1] if values else None
 
     def first(self, name: str) -> bytes | None:
-        for n, raw in self.fields():
-            if n == name:
-                return _unfold(raw)
-        return None
+        values = self.raw_values(name)
+        return values[0] if values else None
 
     # -- MIME --------------------------------------------------------------------------------
     def ctype(self) -> tuple[str, str, list[tuple[str, str]]]:
         """(type, subtype, params) as sent."""
         if self._ctype is None:
             raw = self.first("content-type")
-            parsed = _content_type(raw.decode("latin-1")) if raw is not None else None
+            parsed = None if raw is None else _content_type(raw[:MAX_STRUCTURED].decode("latin-1"))
             if parsed is None:
                 if self.digest_child:
                     parsed = ("message", "rfc822", [])
@@ -283,7 +289,7 @@ class _Entity:
         raw = self.first("content-transfer-encoding")
         if raw is None:
             return ""
-        words = _strip_comments(raw.decode("latin-1")).split()
+        words = _strip_comments(raw[:MAX_STRUCTURED].decode("latin-1")).split()
         return words[0] if words else ""  # a token: "base64 junk" is base64
 
     @property
@@ -610,6 +616,8 @@ def _s(v: bytes | str | None) -> bytes:
         return b"NIL"
     if isinstance(v, str):
         v = v.encode("latin-1", "replace")
+    if v.isascii() and len(v) <= LONG_STRING and b"\r" not in v and b"\n" not in v and b"\0" not in v:
+        return lexer.quoted(v)  # what value() writes for it, without its slower checks
     return value(v.replace(b"\0", b"\x80"))
 
 
@@ -642,7 +650,7 @@ def _addresses(e: _Entity, name: str) -> list[tuple]:
     """The addresses of every such field together (a message with two To: lines has both)."""
     out: list[tuple] = []
     for raw in e.raw_values(name):
-        out += parse_addresses(raw.decode("latin-1"))
+        out += parse_addresses(raw[:MAX_STRUCTURED].decode("latin-1"))
     return out[:MAX_ADDRESSES]
 
 
@@ -817,12 +825,13 @@ def _ext(e: _Entity, params: list[tuple[str, str]] | None) -> bytes:
     if params is None:
         out.append(_s(e.first("content-md5")))
     raw = e.first("content-disposition")
-    dsp = _disposition(raw.decode("latin-1")) if raw is not None else None
+    dsp = None if raw is None else _disposition(raw[:MAX_STRUCTURED].decode("latin-1"))
     out.append(b"NIL" if dsp is None else b"(" + _s(dsp[0]) + b" " + _params_value(dsp[1], False) + b")")
     raw = e.first("content-language")
     langs = []
     if raw is not None:
-        langs = [x.strip() for x in _strip_comments(raw.decode("latin-1")).split(",") if x.strip()]
+        text = _strip_comments(raw[:MAX_STRUCTURED].decode("latin-1"))
+        langs = [x.strip() for x in text.split(",") if x.strip()][:100]
     out.append(b"(" + b" ".join(_s(x) for x in langs) + b")" if langs else b"NIL")
     out.append(_s(e.first("content-location")))
     return b" ".join(out)
