@@ -72,6 +72,8 @@ def split_message(message: bytes) -> tuple[bytes, bytes]:
 def fields(head: bytes) -> list[bytes]:
     """The header fields of a header section, each with its continuation lines and CRLFs."""
     out: list[bytes] = []
+    if not head:
+        return out
     for line in head.split(b"\r\n")[:-1] if head.endswith(b"\r\n") else head.split(b"\r\n"):
         if line[:1] in (b" ", b"\t") and out:
             out[-1] += line + b"\r\n"
