@@ -5,34 +5,47 @@ Maildir files have LF line ends; IMAP sends CRLF, so every size, line count and 
 `to_crlf(data)` (a lone LF becomes CRLF, a CRLF stays, a lone CR stays as it is).
 
 `ParsedMessage(data)` is built once per message and parses lazily: the top header is split only
-when something needs it (ENVELOPE, HEADER.FIELDS, `header()`), a multipart body is split into its
-parts only when BODYSTRUCTURE or a part number asks, and only down the path asked for. The MIME
-splitter is our own and works on octets (the `email` package loses offsets and is slow):
+when something needs it (ENVELOPE, HEADER.FIELDS, `header()`), and the body is split into parts
+only when BODYSTRUCTURE, a part number or BINARY asks (then the whole tree once, in part order).
+The MIME splitter is our own and works on octets (the `email` package loses offsets and is slow).
+Its output matches Dovecot 2.3's for well-formed messages (the tests compare with Dovecot's imap);
+the known differences are on broken input and noted below.
 
 - A header ends at its first empty line; a header with no empty line runs to the end of its part
   (the body is then empty). A line without a colon stays in the header (it is in
   HEADER.FIELDS.NOT and matches no field name).
 - Multipart bodies split at lines `--boundary` [`--`] followed by nothing but spaces/tabs
-  (RFC 2046 5.1.1); the CRLF before a delimiter belongs to the delimiter. Preamble and epilogue
-  are not parts. A missing close delimiter ends the last part at the end of its parent. A
-  multipart with no parts is written as an empty text/plain part, as Dovecot does.
+  (RFC 2046 5.1.1); the CRLF before a delimiter belongs to the delimiter (also when an
+  encapsulated message ends in its header, where Dovecot counts that CRLF in). Preamble and
+  epilogue are not parts. A missing close delimiter ends the last part at the end of its parent.
+  A multipart with no parts is written as an empty text/plain part, as Dovecot does.
+- Text lines are the line ends in a part's body (a last line ended only by the delimiter's CRLF
+  is not counted), as Dovecot counts them.
+- Part numbers (RFC 3501 6.4.5): part 1 of a single-part message is its body; the parts of a
+  message/rfc822 part are those of the encapsulated message; as in Dovecot, part 1 of a single
+  part inside a multipart is that part again. A part that does not exist gives b"".
 - Containers (multipart, message/rfc822|global) nest at most `MAX_DEPTH` deep and a message has
   at most `MAX_PARTS` parts; past either, and for a multipart without a boundary, the container is
   an opaque single part (a multipart keeps its type; a message/* becomes application/octet-stream,
   as its BODYSTRUCTURE form needs an envelope). So is a message/rfc822 part whose
-  Content-Transfer-Encoding is not 7bit/8bit/binary.
+  Content-Transfer-Encoding is not 7bit/8bit/binary (Dovecot parses the encoded text instead).
+- Content-* fields count whether or not there is a MIME-Version field (Dovecot ignores all but
+  Content-Type without one). An invalid Content-Type is text/plain; charset=us-ascii (RFC 2045).
 - Strings are written raw: header values are unfolded (CRLFs removed) but not decoded, so
   encoded-words stay as sent and 8-bit octets go as literals. NUL octets in these strings become
   0x80 (NUL is not allowed in an IMAP string). Section data (BODY[...]) is returned as stored.
 - Types, subtypes and parameter names are written as sent (clients compare them without regard
-  to case); quoted values are unquoted. RFC 2231 continuations
-  (`name*0*=`, `name*1=`...) are joined into one parameter; when any segment is extended the
-  result is named `name*` and keeps the `charset'language'%XX` form as sent (like Dovecot), so
-  a client decodes it as it would a single `name*=` parameter. Text parts get the default
-  ("charset" "us-ascii") when they have no charset.
-- Addresses keep a quoted local part with its quotes (so mailbox@host is the address as sent);
-  display names are unquoted phrases with encoded-words left as sent. An address without a
-  domain gets host "MISSING_DOMAIN" (an empty host would read as group syntax).
+  to case); quoted values are unquoted; an unquoted value ends at white space or ";" and may hold
+  "=" (boundary=----=_Part_1, which Dovecot cuts at the "="). RFC 2231 continuations
+  (`name*0*=`, `name*1=`...) are joined into one parameter after the plain ones; when any segment
+  is extended the result is named `name*` and keeps the `charset'language'%XX` form as sent (like
+  Dovecot), so a client decodes it as it would a single `name*=` parameter. Text parts get the
+  default ("charset" "us-ascii") when they have no charset.
+- ENVELOPE takes the last Date/Subject/In-Reply-To/Message-ID field and the addresses of all
+  From/Sender/Reply-To/To/Cc/Bcc fields of a kind, as Dovecot does. Addresses keep a quoted local
+  part with its quotes (so mailbox@host is the address as sent; Dovecot unquotes it); display
+  names are unquoted phrases with encoded-words left as sent. A missing mailbox or domain is
+  "MISSING_MAILBOX" / "MISSING_DOMAIN" (an empty host would read as group syntax).
 - The body MD5 is the Content-MD5 header when there is one, else NIL.
 """
 
