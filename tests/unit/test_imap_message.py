@@ -601,6 +601,8 @@ def check_everything(data: bytes) -> None:
         check_body(body, ext)
     assert parse(msg.body_structure(False)) == without_extensions(parse(msg.body_structure(True)))
     assert_sizes_match_sections(msg, parse(msg.body_structure(True)))
+    imapclient_parse(b"BODYSTRUCTURE", msg.body_structure(True))
+    imapclient_parse(b"ENVELOPE", msg.envelope())
     for part in ((), (1,), (2,), (1, 1), (2, 1), (1, 2, 3)):
         for text in (None, "HEADER", "TEXT", "MIME"):
             if text == "MIME" and not part:
