@@ -32,8 +32,9 @@ the known differences are on broken input and noted below.
 - Content-* fields count whether or not there is a MIME-Version field (Dovecot ignores all but
   Content-Type without one). An invalid Content-Type is text/plain; charset=us-ascii (RFC 2045).
 - Strings are written raw: header values are unfolded (CRLFs removed) but not decoded, so
-  encoded-words stay as sent and 8-bit octets go as literals. NUL octets in these strings become
-  0x80 (NUL is not allowed in an IMAP string). Section data (BODY[...]) is returned as stored.
+  encoded-words stay as sent and 8-bit octets go as literals. NUL is allowed in no IMAP string:
+  in ENVELOPE/BODYSTRUCTURE strings it becomes U+FFFD, in BODY[...] / RFC822.* data 0x80 (same
+  length, so sizes hold), both as Dovecot does; BINARY[...] data keeps it (a literal8).
 - Types, subtypes and parameter names are written as sent (clients compare them without regard
   to case); quoted values are unquoted; an unquoted value ends at white space or ";" and may hold
   "=" (boundary=----=_Part_1, which Dovecot cuts at the "="). RFC 2231 continuations
@@ -80,6 +81,10 @@ def to_crlf(data: bytes) -> bytes:
     if b"\r" not in data:
         return data.replace(b"\n", b"\r\n")
     return _LONE_LF.sub(b"\r\n", data)
+
+
+def _no_nul(data: bytes) -> bytes:
+    return data.replace(b"\0", b"\x80") if b"\0" in data else data
 
 
 def partial(data: bytes, start: int, length: int) -> bytes:
@@ -129,12 +134,12 @@ class ParsedMessage:
     @property
     def header_bytes(self) -> bytes:
         """RFC822.HEADER / BODY[HEADER]: the header including the empty line that ends it."""
-        return self._root.header_bytes()
+        return _no_nul(self._root.header_bytes())
 
     @property
     def text_bytes(self) -> bytes:
         """RFC822.TEXT / BODY[TEXT]: everything after the header."""
-        return self._root.body_bytes()
+        return _no_nul(self._root.body_bytes())
 
     def header(self, name: str) -> list[str]:
         """Every value of the named top-level header field, unfolded and decoded (RFC 2047
@@ -156,8 +161,9 @@ class ParsedMessage:
     def section(self, sec: fetch.Section) -> bytes:
         """BODY[section] contents, with `sec.partial` applied when it is set. A part that does
         not exist gives b"" (RFC 3501 leaves it open; Dovecot sends an empty string too).
-        BINARY sections are decoded as `binary()` does (b"" for an unknown encoding)."""
-        out = self._section(sec) if sec.kind == "BODY" else (self.binary(sec.part) or b"")
+        BINARY sections are decoded as `binary()` does (b"" for an unknown encoding). NULs in
+        BODY data are sent as 0x80 (RFC 3501 allows no NUL in a literal); BINARY keeps them."""
+        out = _no_nul(self._section(sec)) if sec.kind == "BODY" else (self.binary(sec.part) or b"")
         if sec.partial:
             out = partial(out, *sec.partial)
         return out
@@ -631,7 +637,7 @@ def _s(v: bytes | str | None) -> bytes:
         v = v.encode("latin-1", "replace")
     if v.isascii() and len(v) <= LONG_STRING and b"\r" not in v and b"\n" not in v and b"\0" not in v:
         return lexer.quoted(v)  # what value() writes for it, without its slower checks
-    return value(v.replace(b"\0", b"\x80"))
+    return value(v.replace(b"\0", "\ufffd".encode()))
 
 
 def _envelope(e: _Entity) -> bytes:
