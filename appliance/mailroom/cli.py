@@ -124,6 +124,7 @@ def _queue_entries(config: Config) -> list[dict]:
                 "sender": envelope.sender or "<>",
                 "size": len(message),
                 "received_at": envelope.received_at,
+                "held": state.held,
                 "recipients": {
                     address: {
                         "status": r.status,
@@ -151,7 +152,8 @@ def queue_list(args: argparse.Namespace) -> int:
     for entry in entries:
         age = f"{int((now - entry['received_at']) // 60)}m"
         rcpts = ", ".join(f"{a} ({r['status']}, {r['attempts']})" for a, r in entry["recipients"].items())
-        print(f"{entry['id']:<22} {age:>8} {entry['size']:>9}  {entry['sender']} -> {rcpts}")
+        held = " [held]" if entry["held"] else ""
+        print(f"{entry['id']:<22} {age:>8} {entry['size']:>9}  {entry['sender']} -> {rcpts}{held}")
     print(f"{len(entries)} messages in the queue")
     return 0
 
@@ -166,6 +168,119 @@ def queue_show(args: argparse.Namespace) -> int:
             return 0
     print(f"mailroom queue: no message {args.id!r} in the queue", file=sys.stderr)
     return 1
+
+
+MAX_NOTED_IDS = 10000  # more changed at once: deliveryd is told "every entry"
+
+
+def _as_spool_owner(root: Path) -> None:
+    """Root changes the queue as the user who owns it (deliveryd's), so every file it writes is theirs."""
+    import os
+
+    st = os.stat(root)
+    if os.geteuid() == 0 and st.st_uid != 0:
+        os.setgroups([])
+        os.setgid(st.st_gid)
+        os.setuid(st.st_uid)
+
+
+def _queue_change(state: object, action: str) -> str | None:
+    """Apply one action to a loaded state; the outcome word, or None when nothing changes."""
+    from .queue.scheduler import PENDING, State
+
+    assert isinstance(state, State)
+    if action == "hold":
+        if state.held:
+            return None
+        state.held = True
+        return "held"
+    if action == "release":
+        if not state.held:
+            return None
+        state.held = False
+        return "released"
+    pending = [r for r in state.recipients.values() if r.status == PENDING]
+    if not pending or state.held:
+        return None
+    for rcpt in pending:
+        rcpt.next_attempt = 0.0
+    return "due now"
+
+
+def queue_modify(args: argparse.Namespace) -> int:
+    """retry, hold, release or delete entries by id (or --all), under each entry's lock."""
+    from .queue import Spool
+    from .queue.scheduler import StateStore
+    from .queue.spool import is_queue_id
+
+    action = args.action
+    if bool(args.ids) == bool(args.all):
+        print(f"mailroom queue {action}: give queue ids or --all (not both)", file=sys.stderr)
+        return 2
+    bad = [i for i in args.ids if not is_queue_id(i)]
+    if bad:
+        print(
+            f"mailroom queue {action}: {bad[0]!r} is not a queue id (see `mailroom queue list`)",
+            file=sys.stderr,
+        )
+        return 1
+    config = _load("queue", args.config)
+    if config is None:
+        return 1
+    if config.queue_root is None or not (config.queue_root / "incoming").is_dir():
+        print(f"mailroom queue {action}: {args.config}: queue.root: no queue there", file=sys.stderr)
+        return 1
+    _as_spool_owner(config.queue_root)
+    spool = Spool(config.queue_root)
+    states = StateStore(spool.incoming, spool.tmp)
+    ids = spool.entries() if args.all else list(dict.fromkeys(args.ids))
+    results: list[dict] = []
+    details: dict[str, str] = {}
+    for queue_id in ids:
+        try:
+            if action == "delete":
+                with states.locked(queue_id):
+                    envelope, _ = spool.read(queue_id)
+                    spool.remove(queue_id)
+                outcome: str | None = "deleted"
+            else:
+                envelope, _ = spool.read(queue_id)
+                outcome = None
+
+                def change(state: object) -> bool:
+                    nonlocal outcome
+                    outcome = _queue_change(state, action)
+                    return outcome is not None
+
+                state = states.update(queue_id, envelope.recipients, change)
+                if outcome is None:
+                    outcome = {"hold": "already held", "release": "not held"}.get(
+                        action, "held (release it first)" if state.held else "nothing pending"
+                    )
+                    results.append({"id": queue_id, "result": outcome, "changed": False})
+                    continue
+        except FileNotFoundError:
+            results.append({"id": queue_id, "result": "not in the queue", "changed": False})
+            continue
+        except (OSError, ValueError, KeyError) as exc:
+            results.append({"id": queue_id, "result": f"cannot change: {exc}", "changed": False})
+            continue
+        results.append({"id": queue_id, "result": outcome, "changed": True})
+        if action == "delete":  # deliveryd logs who the deleted message was from and to
+            details[queue_id] = f"from=<{envelope.sender}> to=" + ",".join(
+                f"<{r}>" for r in envelope.recipients[:10]
+            )
+    changed = [r["id"] for r in results if r["changed"]]
+    if changed:
+        spool.note(action, changed if len(changed) <= MAX_NOTED_IDS else ["*"], details)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['id']}: {r['result']}")
+        print(f"{len(changed)} of {len(results)} messages changed ({action})")
+    missing = [r for r in results if r["result"] == "not in the queue" or r["result"].startswith("cannot")]
+    return 1 if missing else 0
 
 
 def _load_for_daemon(name: str, path: str) -> Config | None:
@@ -354,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--config", default=DEFAULT_CONFIG)
     login.set_defaults(func=accounts_test_login)
 
-    queue = commands.add_parser("queue", help="the outbound queue (read-only)")
+    queue = commands.add_parser("queue", help="the outbound queue")
     queue_actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     qlist = queue_actions.add_parser("list", help="messages waiting for delivery, per recipient")
     qlist.add_argument("--config", default=DEFAULT_CONFIG)
@@ -364,6 +479,18 @@ def build_parser() -> argparse.ArgumentParser:
     qshow.add_argument("id")
     qshow.add_argument("--config", default=DEFAULT_CONFIG)
     qshow.set_defaults(func=queue_show)
+    for name, help_text in (
+        ("retry", "make deferred messages due now (deliveryd tries them at its next scan)"),
+        ("hold", "keep messages in the queue without delivering them, until released"),
+        ("release", "let held messages be delivered again"),
+        ("delete", "remove messages from the queue for good, without a bounce"),
+    ):
+        qmod = queue_actions.add_parser(name, help=help_text)
+        qmod.add_argument("ids", nargs="*", metavar="ID", help="queue ids (from `mailroom queue list`)")
+        qmod.add_argument("--all", action="store_true", help="every message in the queue")
+        qmod.add_argument("--config", default=DEFAULT_CONFIG)
+        qmod.add_argument("--json", action="store_true", help="machine-readable output")
+        qmod.set_defaults(func=queue_modify)
 
     smtp = commands.add_parser("smtpd", help="run the SMTP daemon in the foreground")
     smtp.add_argument("--config", default=DEFAULT_CONFIG)

@@ -10,6 +10,11 @@ whose recipients are all settled is removed.
 
 Recipients in our own domains are delivered to the local Maildirs (the smtpd
 expands aliases before queueing, so these are mostly our own bounces).
+
+The administrator's `mailroom queue retry|hold|release|delete` change the
+entries under their lock (queue/scheduler.py) and leave a note in the spool's
+admin/ folder; each scan logs the notes and looks at the named entries again,
+so a retry is tried within one scan interval. Held entries are skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections import defaultdict
@@ -24,7 +30,6 @@ from collections import defaultdict
 from . import daemon, metrics
 from .accounts import Directory
 from .config import Config, split_address
-from .fsutil import fsync_dir
 from .queue.bounce import Failure, build_dsn
 from .queue.client import ConnectionFailed, Reply, Result, safe_address, send
 from .queue.routing import RouteError, Router, make_resolver
@@ -77,10 +82,23 @@ class Deliverer:
 
     def remove(self, queue_id: str) -> None:
         # The .env first: without it the entry no longer exists, whatever else a crash leaves.
-        (self.spool.incoming / f"{queue_id}.env").unlink(missing_ok=True)
-        fsync_dir(self.spool.incoming)
-        for suffix in (".msg", ".state"):
-            (self.spool.incoming / f"{queue_id}{suffix}").unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError), self.states.locked(queue_id):
+            self.spool.remove(queue_id)
+
+    def read_notes(self) -> None:
+        """Log what the administrator changed and look at those entries again now."""
+        for note in self.spool.take_notes():
+            ids = [str(i) for i in note["ids"]]
+            action = str(note.get("action", "?"))[:20]
+            if "*" in ids:
+                self.next_due.clear()
+                log.info("queue %s of every entry by the administrator", action)
+                continue
+            details = note.get("details") if isinstance(note.get("details"), dict) else {}
+            for queue_id in ids:
+                self.next_due.pop(queue_id, None)
+                detail = str(details.get(queue_id, ""))[:2000]
+                log.info("id=%s queue %s by the administrator %s", queue_id[:64], action, detail)
 
     def scan(self) -> list[str]:
         ids = self.spool.entries()
@@ -98,6 +116,7 @@ class Deliverer:
         self.sweep()
         log.info("deliveryd started: spool %s", self.spool.root)
         while not stop.is_set():
+            self.read_notes()
             now = time.time()
             for queue_id in self.scan():
                 if queue_id in self.inflight or self.next_due.get(queue_id, 0) > now:
@@ -130,6 +149,9 @@ class Deliverer:
     async def _process(self, queue_id: str) -> None:
         envelope, message = self.spool.read(queue_id)
         state = self.states.load(queue_id, envelope.recipients)
+        if state.held:
+            self.next_due[queue_id] = math.inf  # until `mailroom queue release` leaves a note
+            return
         now = time.time()
         due = [r for r, s in state.recipients.items() if s.status == PENDING and s.next_attempt <= now]
         if due:

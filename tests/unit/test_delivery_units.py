@@ -59,6 +59,7 @@ def test_defer_then_expire() -> None:
 def test_state_is_replaced_atomically(tmp_path) -> None:
     (tmp_path / "incoming").mkdir()
     (tmp_path / "tmp").mkdir()
+    (tmp_path / "incoming" / "q1.env").write_text("{}")  # the entry exists (its lock is on this file)
     store = StateStore(tmp_path / "incoming", tmp_path / "tmp")
     state = store.load("q1", ("a@x.test", "b@y.test"))
     assert not state.complete and state.next_due() == 0
@@ -69,6 +70,22 @@ def test_state_is_replaced_atomically(tmp_path) -> None:
     assert again == state
     assert list((tmp_path / "tmp").iterdir()) == []
     assert isinstance(State.from_json(state.to_json()), State)
+
+
+def test_the_hold_on_disk_survives_deliveryds_save_and_removal_stops_it(tmp_path) -> None:
+    (tmp_path / "incoming").mkdir()
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "incoming" / "q1.env").write_text("{}")
+    store = StateStore(tmp_path / "incoming", tmp_path / "tmp")
+    in_memory = store.load("q1", ("a@x.test",))  # what deliveryd read before the hold
+    store.update("q1", ("a@x.test",), lambda s: setattr(s, "held", True) or True)
+    in_memory.recipients["a@x.test"].attempts = 1
+    store.save("q1", in_memory)
+    again = store.load("q1", ())
+    assert again.held and again.recipients["a@x.test"].attempts == 1
+    (tmp_path / "incoming" / "q1.env").unlink()
+    with pytest.raises(FileNotFoundError):
+        store.save("q1", in_memory)
 
 
 def test_count_received_only_in_the_header() -> None:

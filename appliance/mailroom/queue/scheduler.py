@@ -4,12 +4,21 @@
 atomically (written to tmp/, fsynced, renamed, directory fsynced) after every
 change. A recipient's state is recorded only after the remote's reply, so a
 crash at any moment repeats at most the one delivery in flight, never loses one.
+
+Two writers share a state file: deliveryd, and the administrator's
+`mailroom queue retry|hold|release|delete`. Each change happens under an
+exclusive flock on the entry's ID.env (a lock that exists exactly as long as
+the entry), and deliveryd's saves keep the `held` mark it finds on disk, so a
+hold set during a delivery survives that delivery's save.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +48,7 @@ class Recipient:
 class State:
     recipients: dict[str, Recipient] = field(default_factory=dict)
     bounced: bool = False  # the DSN for the failed recipients is queued
+    held: bool = False  # `mailroom queue hold`: deliveryd leaves the entry alone until released
 
     @classmethod
     def new(cls, recipients: tuple[str, ...]) -> State:
@@ -49,10 +59,15 @@ class State:
         return cls(
             {r: Recipient(**v) for r, v in data["recipients"].items()},
             bool(data.get("bounced", False)),
+            bool(data.get("held", False)),
         )
 
     def to_json(self) -> dict:
-        return {"recipients": {r: asdict(v) for r, v in self.recipients.items()}, "bounced": self.bounced}
+        return {
+            "recipients": {r: asdict(v) for r, v in self.recipients.items()},
+            "bounced": self.bounced,
+            "held": self.held,
+        }
 
     @property
     def complete(self) -> bool:
@@ -121,9 +136,36 @@ class StateStore:
         except FileNotFoundError:
             return State.new(recipients)
 
-    def save(self, queue_id: str, state: State) -> None:
+    @contextmanager
+    def locked(self, queue_id: str) -> Iterator[None]:
+        """Exclusive right to change the entry; FileNotFoundError once it is removed."""
+        fd = os.open(self.incoming / f"{queue_id}.env", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink == 0:  # removed while we waited for the lock
+                raise FileNotFoundError(f"queue entry {queue_id} was removed")
+            yield
+        finally:
+            os.close(fd)
+
+    def _write(self, queue_id: str, state: State) -> None:
         tmp = self.tmp / f"{queue_id}.state"
         tmp.unlink(missing_ok=True)  # debris of a crash while writing
         write_synced(tmp, json.dumps(state.to_json(), sort_keys=True).encode())
         os.rename(tmp, self.path(queue_id))
         fsync_dir(self.incoming)
+
+    def save(self, queue_id: str, state: State) -> None:
+        """deliveryd's save: the hold mark on disk wins (the administrator may have set it meanwhile)."""
+        with self.locked(queue_id):
+            with suppress(FileNotFoundError):
+                state.held = bool(json.loads(self.path(queue_id).read_text()).get("held", False))
+            self._write(queue_id, state)
+
+    def update(self, queue_id: str, recipients: tuple[str, ...], change: Callable[[State], bool]) -> State:
+        """The administrator's change: load, change, save under the entry's lock (if change says so)."""
+        with self.locked(queue_id):
+            state = self.load(queue_id, recipients)
+            if change(state):
+                self._write(queue_id, state)
+            return state
