@@ -139,6 +139,7 @@ class Delivery:
     retry_schedule: tuple[float, ...] = (300, 600, 1800, 3600, 7200, 14400)
     max_age: float = 5 * 86400  # then the message is given up and bounced
     concurrency: int = 20  # deliveries (connections) at the same time
+    destination_concurrency: int = 4  # connections at the same time to one MX host (or the smarthost)
     scan_interval: float = 5.0  # seconds between looks at the spool for new entries
     max_received_headers: int = 30  # more: a mail loop, failed permanently
 
@@ -564,6 +565,7 @@ def _parse_delivery(top: _Reader) -> Delivery:
             "retry_schedule",
             "max_age",
             "concurrency",
+            "destination_concurrency",
             "scan_interval",
             "max_received_headers",
         }
@@ -599,6 +601,9 @@ def _parse_delivery(top: _Reader) -> Delivery:
         retry_schedule=tuple(intervals),
         max_age=_number(reader, "max_age", defaults.max_age, 1, 30 * 86400),
         concurrency=reader.integer("concurrency", defaults.concurrency, minimum=1, maximum=1000),
+        destination_concurrency=reader.integer(
+            "destination_concurrency", defaults.destination_concurrency, minimum=1, maximum=1000
+        ),
         scan_interval=_number(reader, "scan_interval", defaults.scan_interval, 0.05, 3600),
         max_received_headers=reader.integer(
             "max_received_headers", defaults.max_received_headers, minimum=5, maximum=1000

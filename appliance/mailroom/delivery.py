@@ -26,6 +26,7 @@ import math
 import re
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 
 from . import daemon, metrics
 from .accounts import Directory
@@ -41,6 +42,27 @@ log = logging.getLogger("mailroom.delivery")
 
 RECEIVED_RE = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 DEBRIS_AGE = 3600  # a .msg without .env older than this is left over from a crash
+
+
+class DestinationLimit:
+    """At most `limit` sessions at once with one destination (an MX host, or the smarthost)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, destination: str) -> AsyncIterator[None]:
+        key = destination.lower().rstrip(".")
+        semaphore, users = self._slots.setdefault(key, (asyncio.Semaphore(self.limit), [0]))
+        users[0] += 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:  # nobody holds or waits: forget the destination
+                del self._slots[key]
 
 
 def count_received(message: bytes) -> int:
@@ -61,6 +83,7 @@ class Deliverer:
         self.store = MaildirStore(config.store_root)
         self.router = Router(make_resolver(self.settings))
         self.sessions = asyncio.Semaphore(self.settings.concurrency)
+        self.destinations = DestinationLimit(self.settings.destination_concurrency)
         self.next_due: dict[str, float] = {}
         self.inflight: dict[str, asyncio.Task[None]] = {}
 
@@ -258,7 +281,8 @@ class Deliverer:
         self, address: str, host: str, envelope: Envelope, recipients: list[str], message: bytes
     ) -> Result:
         """One session with one address; after a failed TLS handshake, once more without STARTTLS."""
-        async with self.sessions:
+        # The destination's slot first: waiting for a busy host holds none of the global ones.
+        async with self.destinations.slot(host), self.sessions:
             for starttls in (True, False):
                 try:
                     return await send(

@@ -502,3 +502,53 @@ def test_expiry_bounces_with_4_4_7(local_factory: Callable[..., Local]) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_destination_concurrency_limits_sessions_per_mx_host(local_factory: Callable[..., Local]) -> None:
+    """Ten messages for one MX host, 20 sessions allowed in all but 2 per host: never more than 2 at once."""
+    port = free_port()
+    lock = threading.Lock()
+    now = [0]
+    peak = [0]
+    delivered: list[bytes] = []
+
+    class Slow(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            with lock:
+                now[0] += 1
+                peak[0] = max(peak[0], now[0])
+            try:
+                self.wfile.write(b"220 slow ESMTP\r\n")
+                while line := self.rfile.readline():
+                    verb = line[:4].upper()
+                    if verb == b"DATA":
+                        self.wfile.write(b"354 go ahead\r\n")
+                        data = b""
+                        while not data.endswith(b"\r\n.\r\n") and (chunk := self.rfile.readline()):
+                            data += chunk
+                        time.sleep(0.3)  # the session stays open a while: others must wait for it
+                        delivered.append(data)
+                        self.wfile.write(b"250 2.0.0 ok\r\n")
+                    elif verb == b"QUIT":
+                        self.wfile.write(b"221 bye\r\n")
+                        return
+                    else:
+                        self.wfile.write(b"250 ok\r\n")
+            finally:
+                with lock:
+                    now[0] -= 1
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.4", port), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        local = local_factory(port, concurrency=20, destination_concurrency=2)
+        for i in range(10):
+            local.spool.enqueue(Envelope("alice@example.test", ("x@fake.test",)), message(f"c{i}"))
+        local.start()
+        wait_for(lambda: len(delivered) == 10, 30, "all ten deliveries")
+        assert peak[0] == 2  # the limit held, and was reached (the sessions did overlap)
+        wait_for(lambda: not local.entries(), what="the entries to be removed")
+    finally:
+        server.shutdown()
+        server.server_close()
