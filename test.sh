@@ -30,6 +30,10 @@ packages+=(borgbackup)
 packages+=(dovecot-imapd)
 # A real ACME CA (pebble) issues certificates in the tests; testssl.sh audits the TLS listeners.
 packages+=(pebble testssl.sh)
+# Real filtering engines in the tests: rspamd (with redis for learning) and clamd.
+packages+=(rspamd redis-server clamav-daemon)
+# Real IMAP clients run against imapd in the tests: mbsync, offlineimap3, mutt (under tmux), curl.
+packages+=(isync offlineimap3 mutt tmux curl)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
