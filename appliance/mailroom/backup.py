@@ -338,8 +338,11 @@ class _Snapshot:
             return
         self._dir(rel, st)
         lock_fd = None
-        if self._in_maildirs(rel) and (live / "cur").is_dir():
+        maildir = self._in_maildirs(rel) and (live / "cur").is_dir()
+        if maildir:
             # A Maildir folder: hold its lock shared while linking its files (see module doc).
+            # No lock file yet: nothing has renamed in this folder so far (we never create one:
+            # it must belong to the daemons' user).
             with contextlib.suppress(FileNotFoundError):
                 lock_fd = os.open(live / FOLDER_LOCK, os.O_RDONLY | os.O_CLOEXEC)
                 fcntl.flock(lock_fd, fcntl.LOCK_SH)
@@ -356,7 +359,7 @@ class _Snapshot:
                 except FileNotFoundError:
                     continue
                 if stat.S_ISDIR(est.st_mode):
-                    if lock_fd is not None and entry.name in ("cur", "new", "tmp"):
+                    if maildir and entry.name in ("cur", "new", "tmp"):
                         self._dir(child, est)
                         if entry.name != "tmp":  # half-written deliveries stay behind
                             self._flat(child, Path(entry.path))
