@@ -33,6 +33,10 @@ def config_check(args: argparse.Namespace) -> int:
             from .dkim import load_keys
 
             load_keys(config)  # a missing or broken key fails here, naming dkim.keys[N].private_key
+        if config.srs is not None:
+            from .queue.srs import Srs
+
+            Srs.from_config(config)  # a missing or short key fails here, naming srs.key_file
     except ConfigError as exc:
         print(f"mailroom: {args.file}: {exc}", file=sys.stderr)
         return 1

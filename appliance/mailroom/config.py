@@ -145,6 +145,15 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Srs:
+    """Sender Rewriting Scheme for mail aliases forward to other domains (queue/srs.py)."""
+
+    key_file: Path  # the HMAC secret, made once by the role (root:mailroom 0640)
+    domain: str  # one of our domains: SRS0=...@domain addresses bounce back to us
+    max_age_days: int = 21  # older SRS addresses are refused (550)
+
+
+@dataclass(frozen=True)
 class DkimKey:
     """One signing key: mail From this domain gets a signature with this selector and key."""
 
@@ -204,6 +213,8 @@ class Config:
     # Absent dkim section: nothing is signed.
     dkim_keys: tuple[DkimKey, ...] = ()
     dns: DnsSettings = field(default_factory=DnsSettings)
+    # Absent srs section: forwarded mail keeps its sender (and SRS bounces are unknown users).
+    srs: Srs | None = None
     source: Path | None = field(default=None, compare=False)
 
 
@@ -304,6 +315,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
             "delivery",
             "filtering",
             "web",
+            "srs",
         }
     )
 
@@ -414,6 +426,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         smtp_workers=workers,
         dkim_keys=_parse_dkim(top, domains),
         dns=_parse_dns(top),
+        srs=_parse_srs(top, domains),
         aliases=aliases,
         smtp_limits=limits,
         min_free_bytes=min_free,
@@ -609,6 +622,19 @@ def _parse_delivery(top: _Reader) -> Delivery:
             "max_received_headers", defaults.max_received_headers, minimum=5, maximum=1000
         ),
     )
+
+
+def _parse_srs(top: _Reader, domains: list[str]) -> Srs | None:
+    if top.raw("srs", None) is None:
+        return None
+    reader = top.sub("srs")
+    reader.check_unknown({"key_file", "domain", "max_age_days"})
+    key_file = _absolute_path(reader, "key_file")
+    assert key_file is not None
+    domain = reader.string("domain", domains[0]).lower()
+    if domain not in domains:
+        raise ConfigError(reader.key("domain"), f"{domain!r} is not one of the domains")
+    return Srs(key_file, domain, reader.integer("max_age_days", 21, minimum=1, maximum=365))
 
 
 def _parse_dkim(top: _Reader, domains: list[str]) -> tuple[DkimKey, ...]:

@@ -11,6 +11,11 @@ whose recipients are all settled is removed.
 Recipients in our own domains are delivered to the local Maildirs (the smtpd
 expands aliases before queueing, so these are mostly our own bounces).
 
+With an srs section, the envelope sender on the wire is rewritten (queue/srs.py)
+when it is of another domain: on port 25 nothing is relayed, so such mail is
+always mail our aliases forward. Senders in our own domains and the null
+sender go out unchanged; a bounce of ours still goes to the original sender.
+
 The administrator's `mailroom queue retry|hold|release|delete` change the
 entries under their lock (queue/scheduler.py) and leave a note in the spool's
 admin/ folder; each scan logs the notes and looks at the named entries again,
@@ -36,6 +41,7 @@ from .queue.client import ConnectionFailed, Reply, Result, safe_address, send
 from .queue.routing import RouteError, Router, make_resolver
 from .queue.scheduler import DELIVERED, FAILED, PENDING, State, StateStore, defer, settle
 from .queue.spool import Envelope, Spool, SpoolError
+from .queue.srs import Srs
 from .store.maildir import DeliveryError, MaildirStore
 
 log = logging.getLogger("mailroom.delivery")
@@ -84,6 +90,8 @@ class Deliverer:
         self.router = Router(make_resolver(self.settings))
         self.sessions = asyncio.Semaphore(self.settings.concurrency)
         self.destinations = DestinationLimit(self.settings.destination_concurrency)
+        # Mail from other domains that our aliases forward goes out with an SRS0 sender of ours.
+        self.srs = Srs.from_config(config)
         self.next_due: dict[str, float] = {}
         self.inflight: dict[str, asyncio.Task[None]] = {}
 
@@ -290,7 +298,7 @@ class Deliverer:
                         self.settings.remote_port,
                         host,
                         self.config.hostname,
-                        envelope.sender,
+                        self.srs.forward(envelope.sender) if self.srs else envelope.sender,
                         recipients,
                         message,
                         self.settings.connect_timeout,

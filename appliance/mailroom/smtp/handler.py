@@ -25,7 +25,7 @@ from ..dkim import Signer
 from ..filtering import InboundFilter, Verdict, deliver_to_junk
 from ..fsutil import free_bytes
 from ..queue import Envelope as QueueEnvelope
-from ..queue import Spool, SpoolError
+from ..queue import Spool, SpoolError, srs
 from ..store import DeliveryError, MaildirStore
 from . import replies
 
@@ -89,6 +89,7 @@ class Handler:
         self.spool = spool
         self._free = 0
         self._free_checked_at = -1e9
+        self.srs = srs.Srs.from_config(config)  # bounces to forwarded mail: SRS0=...@our domain
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -150,7 +151,11 @@ class Handler:
             )
         _, domain = split_address(address)
         if self.directory.is_local_domain(domain):
-            resolution = self.directory.resolve(address)
+            try:
+                resolution = srs.resolve(self.srs, self.directory, address)
+            except srs.SrsError as exc:
+                log.info("SRS address refused peer=%s rcpt=%r: %s", session.peer, address, exc)
+                return refuse(server, "rcpt", replies.SRS_INVALID)
             if not resolution:
                 log.info("unknown recipient peer=%s rcpt=%r", session.peer, address)
                 return refuse(server, "rcpt", replies.NO_SUCH_USER)
@@ -209,7 +214,7 @@ class Handler:
         remote: dict[str, None] = {}
         for rcpt in envelope.rcpt_tos:
             resolution = (
-                self.directory.resolve(rcpt)
+                srs.resolve(self.srs, self.directory, rcpt)  # checked at RCPT
                 if self.directory.is_local_domain(split_address(rcpt)[1])
                 else Resolution(remote=(rcpt,))
             )

@@ -51,3 +51,6 @@ SPAM_REJECTED = Reply(550, "5.7.1", "Message rejected as spam", "spam")
 FILTER_UNAVAILABLE = Reply(
     451, "4.7.1", "Message could not be checked, try again later", "filter_unavailable"
 )
+
+# Bounces to the SRS addresses of forwarded mail (queue/srs.py).
+SRS_INVALID = Reply(550, "5.1.1", "Invalid or expired SRS address", "srs_invalid")
