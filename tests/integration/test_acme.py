@@ -176,9 +176,10 @@ class Host:
         pids = " ".join(str(p.pid) for p in self.daemons.values())
         # The test's processes are not under supervisor: the reload command signals them directly.
         env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
+        command = [sys.executable, "-m", "mailroom.cli", "cert", "renew", "--config", str(self.config)]
         return subprocess.run(
-            [sys.executable, "-m", "mailroom.cli", "cert", "renew", "--config", str(self.config)]
-            + ["--reload-command", f"kill -HUP {pids}", *extra],
+            [*command, "--reload-command", f"kill -HUP {pids}", *extra],
+            check=False,  # the tests look at the exit code and the output
             capture_output=True,
             text=True,
             timeout=240,
@@ -248,9 +249,11 @@ def served(port: int, server_name: str = NAMES[0]) -> x509.Certificate:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=server_name) as tls:
-            der = tls.getpeercert(binary_form=True)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
 
@@ -291,16 +294,19 @@ def test_fresh_host_gets_a_certificate_for_all_names_and_serves_it(host: Host, p
     # A real client verifies the chain against pebble's root and the name, over HTTPS on webd.
     context = ssl.create_default_context(cadata=pebble.issuing_roots())
     for name in ("mail.example.test", "mta-sts.example.test"):
-        with socket.create_connection(("127.0.0.1", host.ports["webs"]), timeout=5) as raw:
-            with context.wrap_socket(raw, server_hostname=name) as tls:
-                assert tls.version() in ("TLSv1.2", "TLSv1.3")
-                tls.sendall(f"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
-                answer = b""
-                while chunk := tls.recv(4096):
-                    answer += chunk
+        with (
+            socket.create_connection(("127.0.0.1", host.ports["webs"]), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            tls.sendall(f"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+            answer = b""
+            while chunk := tls.recv(4096):
+                answer += chunk
         if name.startswith("mta-sts."):
             assert answer.startswith(b"HTTP/1.1 200")
-            assert b"\r\n\r\nversion: STSv1\r\nmode: enforce\r\nmx: mail.example.test\r\nmax_age: 86400\r\n" in answer
+            policy = b"version: STSv1\r\nmode: enforce\r\nmx: mail.example.test\r\nmax_age: 86400\r\n"
+            assert answer.endswith(b"\r\n\r\n" + policy)
         else:
             assert answer.startswith(b"HTTP/1.1 404")  # the policy lives on mta-sts.<domain> only
 
