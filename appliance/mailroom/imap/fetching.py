@@ -59,6 +59,23 @@ def read_content(folder: Folder, uid: int, need: str | None) -> bytes | None:
         return data + handle.read()
 
 
+# The store hands out one frozenset per distinct flag combination, so a mailbox has few of them:
+# their rendered form is kept instead of sorting and rendering the flags of every message again
+# (UID FETCH 1:* (FLAGS) on a big mailbox). Bounded: keywords make combinations unbounded.
+_FLAGS_RENDERED: dict[frozenset[str], bytes] = {}
+_FLAGS_RENDERED_MAX = 4096
+
+
+def flags_value(flags: frozenset[str]) -> bytes:
+    """`(\\Seen $Label1 ...)`: the FLAGS value of a message, sorted as before."""
+    rendered = _FLAGS_RENDERED.get(flags)
+    if rendered is None:
+        rendered = r.value([r.Atom(x) for x in sorted(flags)])
+        if len(_FLAGS_RENDERED) < _FLAGS_RENDERED_MAX:
+            _FLAGS_RENDERED[flags] = rendered
+    return rendered
+
+
 def internaldate(info: MessageInfo) -> dt.datetime:
     return dt.datetime.fromtimestamp(int(info.internaldate), dt.UTC)
 
@@ -98,7 +115,7 @@ def render(
         if name == "UID":
             add("UID", b"%d" % info.uid)
         elif name == "FLAGS":
-            add("FLAGS", r.value([r.Atom(x) for x in sorted(info.flags)]))
+            add("FLAGS", flags_value(info.flags))
         elif name == "INTERNALDATE":
             add("INTERNALDATE", r.value(internaldate(info)))
         elif name == "RFC822.SIZE":
@@ -120,7 +137,7 @@ def render(
             elif name == "RFC822.TEXT":
                 add("RFC822.TEXT", r.literal(parsed.text_bytes))
     if with_flags:
-        add("FLAGS", r.value([r.Atom(x) for x in sorted(info.flags)]))
+        add("FLAGS", flags_value(info.flags))
     if with_modseq:
         add("MODSEQ", b"(%d)" % info.modseq)
     return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
