@@ -37,6 +37,10 @@ def config_check(args: argparse.Namespace) -> int:
             from .queue.srs import Srs
 
             Srs.from_config(config)  # a missing or short key fails here, naming srs.key_file
+        if config.delivery.smarthost is not None:
+            from .queue import smarthost
+
+            smarthost.load(config.delivery.smarthost)  # the password file and CA file must be readable
     except ConfigError as exc:
         print(f"mailroom: {args.file}: {exc}", file=sys.stderr)
         return 1

@@ -127,6 +127,18 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Smarthost:
+    """All mail for other domains goes to this host (queue/smarthost.py): verified TLS, AUTH PLAIN."""
+
+    host: str  # a host name (checked against the certificate) or an IP address
+    port: int = 587
+    tls: str = "starttls"  # starttls (required, never plaintext) | implicit (TLS from the first byte)
+    username: str | None = None
+    password_file: Path | None = None  # the password, alone in a file (root:mailroom 0640)
+    ca_file: Path | None = None  # CA certificates to verify it by; None: the system's
+
+
+@dataclass(frozen=True)
 class Delivery:
     """Outbound delivery (deliveryd): resolver, remote port, timeouts, retries."""
 
@@ -142,6 +154,7 @@ class Delivery:
     destination_concurrency: int = 4  # connections at the same time to one MX host (or the smarthost)
     scan_interval: float = 5.0  # seconds between looks at the spool for new entries
     max_received_headers: int = 30  # more: a mail loop, failed permanently
+    smarthost: Smarthost | None = None  # None: by MX
 
 
 @dataclass(frozen=True)
@@ -581,6 +594,7 @@ def _parse_delivery(top: _Reader) -> Delivery:
             "destination_concurrency",
             "scan_interval",
             "max_received_headers",
+            "smarthost",
         }
     )
     defaults = Delivery()
@@ -621,7 +635,32 @@ def _parse_delivery(top: _Reader) -> Delivery:
         max_received_headers=reader.integer(
             "max_received_headers", defaults.max_received_headers, minimum=5, maximum=1000
         ),
+        smarthost=_parse_smarthost(reader) if reader.raw("smarthost", None) is not None else None,
     )
+
+
+def _parse_smarthost(delivery: _Reader) -> Smarthost:
+    reader = delivery.sub("smarthost")
+    reader.check_unknown({"host", "port", "tls", "username", "password_file", "ca_file"})
+    host = reader.string("host").lower().rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not is_valid_domain(host):
+            raise ConfigError(
+                reader.key("host"), f"{host!r} is neither a host name nor an IP address"
+            ) from None
+    port = reader.integer("port", 587, minimum=1, maximum=65535)
+    tls = reader.string("tls", "implicit" if port == 465 else "starttls")
+    if tls not in ("starttls", "implicit"):
+        raise ConfigError(reader.key("tls"), "must be starttls or implicit")
+    username = reader.raw("username", None)
+    if username is not None and (not isinstance(username, str) or not username or len(username) > 256):
+        raise ConfigError(reader.key("username"), "must be a non-empty string of at most 256 characters")
+    password_file = _absolute_path(reader, "password_file", None)
+    if (username is None) != (password_file is None):
+        raise ConfigError(reader.key("password_file"), "username and password_file go together")
+    return Smarthost(host, port, tls, username, password_file, _absolute_path(reader, "ca_file", None))
 
 
 def _parse_srs(top: _Reader, domains: list[str]) -> Srs | None:

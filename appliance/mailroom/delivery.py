@@ -32,13 +32,15 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from . import daemon, metrics
 from .accounts import Directory
 from .config import Config, split_address
+from .queue import smarthost
 from .queue.bounce import Failure, build_dsn
-from .queue.client import ConnectionFailed, Reply, Result, safe_address, send
-from .queue.routing import RouteError, Router, make_resolver
+from .queue.client import OPPORTUNISTIC, ConnectionFailed, Reply, Result, TlsPolicy, safe_address, send
+from .queue.routing import Host, RouteError, Router, make_resolver
 from .queue.scheduler import DELIVERED, FAILED, PENDING, State, StateStore, defer, settle
 from .queue.spool import Envelope, Spool, SpoolError
 from .queue.srs import Srs
@@ -48,6 +50,16 @@ log = logging.getLogger("mailroom.delivery")
 
 RECEIVED_RE = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 DEBRIS_AGE = 3600  # a .msg without .env older than this is left over from a crash
+
+
+@dataclass
+class Route:
+    """The hosts to try for one domain, and how to talk to them."""
+
+    hosts: list[Host]
+    port: int
+    policy: TlsPolicy = OPPORTUNISTIC
+    auth: tuple[str, str] | None = field(default=None, repr=False)
 
 
 class DestinationLimit:
@@ -92,6 +104,8 @@ class Deliverer:
         self.destinations = DestinationLimit(self.settings.destination_concurrency)
         # Mail from other domains that our aliases forward goes out with an SRS0 sender of ours.
         self.srs = Srs.from_config(config)
+        # All mail for other domains through one host (verified TLS, AUTH); None: by MX.
+        self.smarthost = smarthost.load(self.settings.smarthost) if self.settings.smarthost else None
         self.next_due: dict[str, float] = {}
         self.inflight: dict[str, asyncio.Task[None]] = {}
 
@@ -248,7 +262,7 @@ class Deliverer:
         if not sendable:
             return
         try:
-            hosts = await self.router.route(domain)
+            route = await self._route(domain)
         except RouteError as exc:
             if exc.permanent:
                 for rcpt in sendable:
@@ -256,12 +270,13 @@ class Deliverer:
             else:
                 self._defer(queue_id, envelope, state, sendable, str(exc), exc.status, None, "dns")
             return
+        hosts = route.hosts
         last: ConnectionFailed | None = None
         last_host: str | None = None
         for host in hosts:
             for address in host.addresses:
                 try:
-                    result = await self._send(address, host.name, envelope, sendable, message)
+                    result = await self._send(address, host.name, envelope, sendable, message, route)
                 except ConnectionFailed as exc:
                     log.info("id=%s host=%s[%s]: %s", queue_id, host.name, address, exc)
                     last, last_host = exc, f"{host.name} [{address}]"
@@ -285,17 +300,33 @@ class Deliverer:
             last.reason,
         )
 
+    async def _route(self, domain: str) -> Route:
+        """Where mail for a domain goes now: the smarthost, or the domain's MX hosts."""
+        if self.smarthost is not None:
+            relay = self.smarthost
+            host = Host(relay.host, (relay.host,)) if relay.is_address else await self.router.host(relay.host)
+            return Route([host], relay.port, relay.policy, relay.auth)
+        return Route(await self.router.route(domain), self.settings.remote_port)
+
     async def _send(
-        self, address: str, host: str, envelope: Envelope, recipients: list[str], message: bytes
+        self,
+        address: str,
+        host: str,
+        envelope: Envelope,
+        recipients: list[str],
+        message: bytes,
+        route: Route | None = None,
     ) -> Result:
-        """One session with one address; after a failed TLS handshake, once more without STARTTLS."""
+        """One session with one address; after a failed TLS handshake, once more without STARTTLS
+        (unless the route requires TLS: then the failure stands)."""
+        route = route or Route([], self.settings.remote_port)
         # The destination's slot first: waiting for a busy host holds none of the global ones.
         async with self.destinations.slot(host), self.sessions:
             for starttls in (True, False):
                 try:
                     return await send(
                         address,
-                        self.settings.remote_port,
+                        route.port,
                         host,
                         self.config.hostname,
                         self.srs.forward(envelope.sender) if self.srs else envelope.sender,
@@ -304,9 +335,11 @@ class Deliverer:
                         self.settings.connect_timeout,
                         self.settings.command_timeout,
                         starttls=starttls,
+                        policy=route.policy,
+                        auth=route.auth,
                     )
                 except ConnectionFailed as exc:
-                    if exc.reason != "tls" or not starttls:
+                    if exc.reason != "tls" or not starttls or route.policy.required:
                         raise
                     metrics.DELIVERY_DEFERRALS.labels("tls").inc()
                     log.info("%s[%s]: %s; trying again without STARTTLS", host, address, exc)

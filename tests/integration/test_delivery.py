@@ -490,8 +490,10 @@ def test_expiry_bounces_with_4_4_7(local_factory: Callable[..., Local]) -> None:
     server = start_fake("127.0.0.4", port, fake)
     try:
         local = local_factory(port, retry_schedule=[0.5], max_age=2)
-        local.spool.enqueue(Envelope("alice@example.test", ("x@fake.test",)), message("expire"))
         local.start()
+        # max_age counts from the enqueue: on a busy machine the start alone can take longer.
+        wait_for(lambda: "deliveryd started" in local.log(), what="deliveryd to start")
+        local.spool.enqueue(Envelope("alice@example.test", ("x@fake.test",)), message("expire"))
         wait_for(lambda: local.messages("alice@example.test"), what="the bounce after expiry")
         assert fake.sessions >= 2
         fields = dsn_fields(local.messages("alice@example.test")[0])

@@ -1,7 +1,9 @@
 """A small SMTP client for delivery to a remote MTA (RFC 5321), on asyncio streams.
 
 EHLO (HELO if refused), opportunistic STARTTLS (RFC 3207; certificates are not
-verified: an unverified encrypted hop is better than plaintext), MAIL FROM with
+verified: an unverified encrypted hop is better than plaintext) unless a
+TlsPolicy requires TLS with a verified certificate (MTA-STS, the smarthost),
+AUTH PLAIN for the smarthost (RFC 4954, only ever over TLS), MAIL FROM with
 SIZE when offered (RFC 1870), one RCPT per recipient with its own reply, DATA
 with dot-stuffing. Every wait has a timeout, so a remote that hangs costs only
 its own delivery.
@@ -10,6 +12,7 @@ its own delivery.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 import ssl
@@ -51,6 +54,17 @@ class ConnectionFailed(Exception):
         self.reason = reason
         self.reply = reply
 
+
+@dataclass(frozen=True)
+class TlsPolicy:
+    """How a session uses TLS. The default: STARTTLS when offered, certificate not checked."""
+
+    required: bool = False  # no TLS, no delivery (ConnectionFailed "tls"); never a plaintext retry
+    context: ssl.SSLContext | None = None  # a verifying context; None: opportunistic, unverified
+    implicit: bool = False  # TLS from the first byte (port 465) instead of STARTTLS
+
+
+OPPORTUNISTIC = TlsPolicy()
 
 MAX_LINE = 4096
 MAX_REPLY_LINES = 100
@@ -150,6 +164,21 @@ class EhloSession(Session):
         return _keywords(lines)
 
 
+async def _authenticate(
+    session: Session, keywords: dict[str, str] | None, auth: tuple[str, str], secure: bool
+) -> None:
+    """AUTH PLAIN (RFC 4616); the credentials never travel without TLS and never reach a log."""
+    if not secure:
+        raise ConnectionFailed("no AUTH without TLS", "tls")
+    mechanisms = (keywords or {}).get("AUTH", "").upper().split()
+    if "PLAIN" not in mechanisms:
+        raise ConnectionFailed(f"the server offers no AUTH PLAIN ({' '.join(mechanisms)[:80]})", "auth")
+    token = base64.b64encode(b"\0" + auth[0].encode() + b"\0" + auth[1].encode()).decode()
+    reply = await session.command(f"AUTH PLAIN {token}")
+    if reply.code != 235:
+        raise ConnectionFailed(f"authentication as {auth[0]!r} refused: {reply}", "auth", reply)
+
+
 def _insecure_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -168,6 +197,8 @@ async def send(
     connect_timeout: float,
     command_timeout: float,
     starttls: bool = True,
+    policy: TlsPolicy = OPPORTUNISTIC,
+    auth: tuple[str, str] | None = None,
 ) -> Result:
     """Deliver one message to one host; ConnectionFailed if nothing was settled there.
 
@@ -175,12 +206,16 @@ async def send(
     every recipient gets that reply. starttls=False skips STARTTLS even when
     offered: the caller's fallback after a failed handshake (opportunistic TLS).
     """
+    context = policy.context or _insecure_context()
+    tls_options: dict = {"ssl": context, "server_hostname": host_name} if policy.implicit else {}
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(address, port, limit=MAX_LINE), connect_timeout
+            asyncio.open_connection(address, port, limit=MAX_LINE, **tls_options), connect_timeout
         )
     except TimeoutError:
         raise ConnectionFailed(f"connect to {address}:{port} timed out", "timeout") from None
+    except ssl.SSLError as exc:  # implicit TLS: the handshake is part of the connection
+        raise ConnectionFailed(f"TLS handshake failed: {exc}", "tls") from None
     except OSError as exc:
         raise ConnectionFailed(f"connect to {address}:{port}: {exc.strerror or exc}", "connect") from None
     session = EhloSession(reader, writer, command_timeout)
@@ -189,17 +224,23 @@ async def send(
         if greeting.code != 220:
             raise ConnectionFailed(f"greeting {greeting}", "greeting", greeting)
         keywords = await session.ehlo_keywords(helo)
-        if starttls and keywords is not None and "STARTTLS" in keywords:
+        secure = policy.implicit
+        if not secure and (starttls or policy.required) and keywords is not None and "STARTTLS" in keywords:
             reply = await session.command("STARTTLS")
             if reply.code == 220:
                 try:
                     await asyncio.wait_for(
-                        writer.start_tls(_insecure_context(), server_hostname=host_name or None),
+                        writer.start_tls(context, server_hostname=host_name or None),
                         command_timeout,
                     )
                 except (OSError, ssl.SSLError, TimeoutError) as exc:
                     raise ConnectionFailed(f"TLS handshake failed: {exc}", "tls") from None
+                secure = True
                 keywords = await session.ehlo_keywords(helo)
+        if policy.required and not secure:
+            raise ConnectionFailed("TLS is required but the server offers no STARTTLS", "tls")
+        if auth is not None:
+            await _authenticate(session, keywords, auth, secure)
         mail = f"MAIL FROM:<{sender}>"
         if keywords is not None and "SIZE" in keywords:
             mail += f" SIZE={len(message)}"

@@ -90,3 +90,15 @@ class Router:
             raise RouteError(
                 f"DNS lookup for {domain} failed: {exc}", permanent=False, status="4.4.3"
             ) from None
+
+    async def host(self, name: str) -> Host:
+        """One named host (the smarthost) with its addresses; RouteError (temporary) when it has none."""
+        try:
+            addresses = await self._addresses(name)
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+            raise RouteError(
+                f"DNS lookup for {name} failed: {exc}", permanent=False, status="4.4.3"
+            ) from None
+        if not addresses:
+            raise RouteError(f"{name} has no address", permanent=False, status="4.4.4")
+        return Host(name, addresses)
