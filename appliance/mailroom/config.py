@@ -139,6 +139,16 @@ class Smarthost:
 
 
 @dataclass(frozen=True)
+class MtaStsClient:
+    """MTA-STS of the domains we deliver to (queue/mtasts.py)."""
+
+    enabled: bool = True
+    ca_file: Path | None = None  # CAs the policy servers and MX hosts are verified by; None: the system's
+    https_port: int = 443  # other values: tests only
+    timeout: float = 20.0  # seconds for one policy fetch
+
+
+@dataclass(frozen=True)
 class Delivery:
     """Outbound delivery (deliveryd): resolver, remote port, timeouts, retries."""
 
@@ -155,6 +165,7 @@ class Delivery:
     scan_interval: float = 5.0  # seconds between looks at the spool for new entries
     max_received_headers: int = 30  # more: a mail loop, failed permanently
     smarthost: Smarthost | None = None  # None: by MX
+    mta_sts: MtaStsClient = field(default_factory=MtaStsClient)
 
 
 @dataclass(frozen=True)
@@ -595,6 +606,7 @@ def _parse_delivery(top: _Reader) -> Delivery:
             "scan_interval",
             "max_received_headers",
             "smarthost",
+            "mta_sts",
         }
     )
     defaults = Delivery()
@@ -636,6 +648,21 @@ def _parse_delivery(top: _Reader) -> Delivery:
             "max_received_headers", defaults.max_received_headers, minimum=5, maximum=1000
         ),
         smarthost=_parse_smarthost(reader) if reader.raw("smarthost", None) is not None else None,
+        mta_sts=_parse_mta_sts_client(reader),
+    )
+
+
+def _parse_mta_sts_client(delivery: _Reader) -> MtaStsClient:
+    reader = delivery.sub("mta_sts", {})
+    reader.check_unknown({"enabled", "ca_file", "https_port", "timeout"})
+    enabled = reader.raw("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(reader.key("enabled"), f"must be true or false, got {enabled!r}")
+    return MtaStsClient(
+        enabled,
+        _absolute_path(reader, "ca_file", None),
+        reader.integer("https_port", 443, minimum=1, maximum=65535),
+        _number(reader, "timeout", 20.0, 0.1, 300),
     )
 
 

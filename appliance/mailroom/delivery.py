@@ -40,6 +40,7 @@ from .config import Config, split_address
 from .queue import smarthost
 from .queue.bounce import Failure, build_dsn
 from .queue.client import OPPORTUNISTIC, ConnectionFailed, Reply, Result, TlsPolicy, safe_address, send
+from .queue.mtasts import MtaSts
 from .queue.routing import Host, RouteError, Router, make_resolver
 from .queue.scheduler import DELIVERED, FAILED, PENDING, State, StateStore, defer, settle
 from .queue.spool import Envelope, Spool, SpoolError
@@ -60,6 +61,7 @@ class Route:
     port: int
     policy: TlsPolicy = OPPORTUNISTIC
     auth: tuple[str, str] | None = field(default=None, repr=False)
+    mta_sts: str = ""  # the mode of the domain's MTA-STS policy, "" without one
 
 
 class DestinationLimit:
@@ -106,6 +108,19 @@ class Deliverer:
         self.srs = Srs.from_config(config)
         # All mail for other domains through one host (verified TLS, AUTH); None: by MX.
         self.smarthost = smarthost.load(self.settings.smarthost) if self.settings.smarthost else None
+        # MTA-STS of the domains we deliver to, the policies cached beside the spool.
+        sts = self.settings.mta_sts
+        self.mta_sts = (
+            MtaSts(
+                make_resolver(self.settings),
+                config.queue_root / "mta-sts",
+                str(sts.ca_file) if sts.ca_file else None,
+                sts.https_port,
+                sts.timeout,
+            )
+            if sts.enabled and self.smarthost is None
+            else None
+        )
         self.next_due: dict[str, float] = {}
         self.inflight: dict[str, asyncio.Task[None]] = {}
 
@@ -268,7 +283,7 @@ class Deliverer:
                 for rcpt in sendable:
                     self._fail(queue_id, state, rcpt, exc.status, str(exc), None)
             else:
-                self._defer(queue_id, envelope, state, sendable, str(exc), exc.status, None, "dns")
+                self._defer(queue_id, envelope, state, sendable, str(exc), exc.status, None, exc.reason)
             return
         hosts = route.hosts
         last: ConnectionFailed | None = None
@@ -289,15 +304,19 @@ class Deliverer:
         # Every host failed before settling anything (even a 5xx greeting only
         # says that this host will not talk to us now): try again later.
         reply = last.reply
+        reason = last.reason
+        if route.mta_sts == "enforce" and last.reason == "tls":
+            metrics.DELIVERY_MTA_STS_FAILURES.labels("enforce", "tls").inc()
+            reason = "mta-sts"
         self._defer(
             queue_id,
             envelope,
             state,
             sendable,
-            str(last),
-            reply.status() if reply else "4.4.1",
+            f"MTA-STS: {last}" if reason == "mta-sts" else str(last),
+            reply.status() if reply else ("4.7.5" if reason == "mta-sts" else "4.4.1"),
             last_host,
-            last.reason,
+            reason,
         )
 
     async def _route(self, domain: str) -> Route:
@@ -306,7 +325,26 @@ class Deliverer:
             relay = self.smarthost
             host = Host(relay.host, (relay.host,)) if relay.is_address else await self.router.host(relay.host)
             return Route([host], relay.port, relay.policy, relay.auth)
-        return Route(await self.router.route(domain), self.settings.remote_port)
+        hosts = await self.router.route(domain)
+        policy = await self.mta_sts.policy(domain) if self.mta_sts is not None else None
+        if policy is None:
+            return Route(hosts, self.settings.remote_port)
+        allowed = [host for host in hosts if policy.matches(host.name)]
+        verified = TlsPolicy(required=policy.mode == "enforce", context=self.mta_sts.context)
+        if len(allowed) < len(hosts):
+            others = ", ".join(h.name for h in hosts if h not in allowed)
+            metrics.DELIVERY_MTA_STS_FAILURES.labels(policy.mode, "mx_mismatch").inc()
+            log.warning(
+                "MTA-STS %s: MX %s of %s not in the policy (mx %s)", policy.mode, others, domain, policy.mx
+            )
+        if policy.mode == "enforce":
+            if not allowed:
+                raise RouteError(
+                    f"MTA-STS: no MX host of {domain} matches its policy", False, "4.7.5", reason="mta-sts"
+                )
+            return Route(allowed, self.settings.remote_port, verified, mta_sts="enforce")
+        # testing: as without a policy (the verified handshake falls back like any other), but logged.
+        return Route(hosts, self.settings.remote_port, verified, mta_sts="testing")
 
     async def _send(
         self,
@@ -339,6 +377,9 @@ class Deliverer:
                         auth=route.auth,
                     )
                 except ConnectionFailed as exc:
+                    if exc.reason == "tls" and route.mta_sts == "testing":
+                        metrics.DELIVERY_MTA_STS_FAILURES.labels("testing", "tls").inc()
+                        log.warning("MTA-STS testing: %s[%s]: %s; delivering anyway", host, address, exc)
                     if exc.reason != "tls" or not starttls or route.policy.required:
                         raise
                     metrics.DELIVERY_DEFERRALS.labels("tls").inc()

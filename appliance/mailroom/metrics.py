@@ -52,6 +52,16 @@ DELIVERY_DEFERRALS = Counter(
     ["reason"],
 )
 DELIVERY_BOUNCES = Counter("mailroom_delivery_bounces", "Delivery status notifications queued")
+# MTA-STS (RFC 8461): policy lookups by result (no_policy, cached, fetched, fetch_error,
+# txt_error), and the deliveries a policy changed: mode enforce|testing, failure mx_mismatch|tls.
+DELIVERY_MTA_STS = Counter(
+    "mailroom_delivery_mta_sts_lookups", "MTA-STS policy lookups by result", ["result"]
+)
+DELIVERY_MTA_STS_FAILURES = Counter(
+    "mailroom_delivery_mta_sts_failures",
+    "Deliveries that did not meet a domain's MTA-STS policy, by mode and failure",
+    ["mode", "failure"],
+)
 # Set on every scan of the spool by the one deliveryd process; livesum/livemax
 # count only live processes, so a dead deliveryd leaves no stale value.
 DELIVERY_QUEUE_MESSAGES = Gauge(

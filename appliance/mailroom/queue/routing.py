@@ -20,10 +20,11 @@ from ..config import Delivery
 class RouteError(Exception):
     """No route now; permanent says whether it is worth trying again later."""
 
-    def __init__(self, message: str, permanent: bool, status: str) -> None:
+    def __init__(self, message: str, permanent: bool, status: str, reason: str = "dns") -> None:
         super().__init__(message)
         self.permanent = permanent
         self.status = status  # enhanced status code for the DSN
+        self.reason = reason  # the deferral's metric label
 
 
 @dataclass(frozen=True)
