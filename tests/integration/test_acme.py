@@ -198,7 +198,7 @@ def host(
     cert, key = tls_dir / "mail.crt", tls_dir / "mail.key"
     shutil.copy(tls_files[0], cert)
     shutil.copy(tls_files[1], key)
-    ports = {name: free_port() for name in ("mx", "submissions", "pop3", "pop3s", "webs")}
+    ports = {name: free_port() for name in ("mx", "submissions", "pop3", "pop3s", "imap", "imaps", "webs")}
     data = config_data(
         folder / "mail",
         ports["mx"],
@@ -214,6 +214,13 @@ def host(
                     {"name": "pop3", "address": "127.0.0.1", "port": ports["pop3"]},
                     {"name": "pop3s", "address": "127.0.0.1", "port": ports["pop3s"]},
                 ]
+            },
+            "imap": {
+                "workers": 2,
+                "listeners": [
+                    {"name": "imap", "address": "127.0.0.1", "port": ports["imap"]},
+                    {"name": "imaps", "address": "127.0.0.1", "port": ports["imaps"]},
+                ],
             },
             "web": {
                 "listeners": [
@@ -237,6 +244,7 @@ def host(
         "webd": start_daemon("webd", config, http_port),
         "smtpd": start_daemon("smtpd", config, ports["submissions"]),
         "pop3d": start_daemon("pop3d", config, ports["pop3s"]),
+        "imapd": start_daemon("imapd", config, ports["imaps"]),
     }
     yield Host(config, cert, ports, daemons)
     for process in daemons.values():
@@ -290,6 +298,8 @@ def test_fresh_host_gets_a_certificate_for_all_names_and_serves_it(host: Host, p
     for _ in range(6):  # both smtpd workers got the signal from their parent
         assert served(host.ports["submissions"]).serial_number == cert.serial_number
     assert served_starttls(host.ports["mx"]).serial_number == cert.serial_number
+    for _ in range(4):
+        assert served(host.ports["imaps"]).serial_number == cert.serial_number
 
     # A real client verifies the chain against pebble's root and the name, over HTTPS on webd.
     context = ssl.create_default_context(cadata=pebble.issuing_roots())
@@ -328,9 +338,11 @@ def test_forced_renewal_is_served_on_new_connections_while_old_ones_stay(host: H
     context.verify_mode = ssl.CERT_NONE
     pop3 = context.wrap_socket(socket.create_connection(("127.0.0.1", host.ports["pop3s"]), timeout=5))
     smtp = context.wrap_socket(socket.create_connection(("127.0.0.1", host.ports["submissions"]), timeout=5))
+    imap = context.wrap_socket(socket.create_connection(("127.0.0.1", host.ports["imaps"]), timeout=5))
     try:
         assert pop3.recv(512).startswith(b"+OK")
         assert smtp.recv(512).startswith(b"220")
+        assert imap.recv(512).startswith(b"* OK")
 
         done = host.renew("--force")
         assert done.returncode == 0, done.stderr
@@ -343,6 +355,8 @@ def test_forced_renewal_is_served_on_new_connections_while_old_ones_stay(host: H
             assert served(host.ports["submissions"]).serial_number == after.serial_number
         assert served_starttls(host.ports["mx"]).serial_number == after.serial_number
         assert served(host.ports["webs"]).serial_number == after.serial_number
+        for _ in range(4):  # both imapd workers
+            assert served(host.ports["imaps"]).serial_number == after.serial_number
 
         # The sessions opened before the renewal still work, on the old certificate.
         assert x509.load_der_x509_certificate(pop3.getpeercert(True)).serial_number == before.serial_number
@@ -350,9 +364,16 @@ def test_forced_renewal_is_served_on_new_connections_while_old_ones_stay(host: H
         assert pop3.recv(512).startswith(b"+OK")
         smtp.sendall(b"EHLO client.example\r\n")
         assert smtp.recv(512).startswith(b"250")
+        imap.sendall(b"a1 CAPABILITY\r\n")
+        reply = b""
+        while b"a1 OK" not in reply:
+            chunk = imap.recv(4096)
+            assert chunk, "imapd closed the session opened before the renewal"
+            reply += chunk
     finally:
         pop3.close()
         smtp.close()
+        imap.close()
     # No listener was restarted: the same processes, all still running.
     assert {name: p.pid for name, p in host.daemons.items()} == pids
     assert all(p.poll() is None for p in host.daemons.values())

@@ -1,9 +1,10 @@
 """testssl.sh against the running daemons: the Mozilla intermediate profile, nothing rated HIGH.
 
-Slow-ish (about a minute per target): protocols, cipher categories, forward secrecy and the
-vulnerability checks (-p -s -f -U), on implicit TLS (465, 995) and on STARTTLS (25). Findings
-rated HIGH or CRITICAL fail the test (what `--severity HIGH` would leave in the JSON); the
-unfiltered JSON also shows that the old protocols were really probed and refused.
+Slow-ish (about 30 s per target): protocols, cipher categories, forward secrecy and the
+vulnerability checks (-p -s -f -U), on implicit TLS (465) and on STARTTLS (25 and IMAP's 143);
+995 and 993 get the quicker handshake checks. Findings rated HIGH or CRITICAL fail the test (what
+`--severity HIGH` would leave in the JSON); the unfiltered JSON also shows that the old protocols
+were really probed and refused.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def daemons(
     tmp_path_factory: pytest.TempPathFactory, tls_files: tuple[Path, Path]
 ) -> Iterator[dict[str, int]]:
     folder = tmp_path_factory.mktemp("hardening")
-    ports = {name: free_port() for name in ("mx", "submission", "submissions", "pop3", "pop3s")}
+    names = ("mx", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+    ports = {name: free_port() for name in names}
     data = config_data(
         folder / "mail",
         ports["mx"],
@@ -49,6 +51,11 @@ def daemons(
                     {"name": n, "address": "127.0.0.1", "port": ports[n]} for n in ("pop3", "pop3s")
                 ]
             },
+            "imap": {
+                "listeners": [
+                    {"name": n, "address": "127.0.0.1", "port": ports[n]} for n in ("imap", "imaps")
+                ]
+            },
         },
     )
     config = folder / "mailroom.yml"
@@ -56,6 +63,7 @@ def daemons(
     processes = [
         start_daemon("smtpd", config, ports["submissions"]),
         start_daemon("pop3d", config, ports["pop3s"]),
+        start_daemon("imapd", config, ports["imaps"]),
     ]
     yield ports
     for process in processes:
@@ -115,8 +123,8 @@ def test_port_25_starttls_has_no_high_findings(daemons: dict[str, int], tmp_path
     check(run_testssl(daemons["mx"], tmp_path / "25.json", "-t", "smtp"))
 
 
-def test_pop3s_has_no_high_findings(daemons: dict[str, int], tmp_path: Path) -> None:
-    check(run_testssl(daemons["pop3s"], tmp_path / "995.json"))
+def test_imap_starttls_has_no_high_findings(daemons: dict[str, int], tmp_path: Path) -> None:
+    check(run_testssl(daemons["imap"], tmp_path / "143.json", "-t", "imap"))
 
 
 def handshake(port: int, **settings: object) -> ssl.SSLSocket:
@@ -134,8 +142,9 @@ def handshake(port: int, **settings: object) -> ssl.SSLSocket:
 
 def test_the_profile_in_a_handshake(daemons: dict[str, int]) -> None:
     """Quick checks of the same profile without testssl: versions, suites, no compression."""
-    with handshake(daemons["pop3s"]) as tls:
-        assert tls.version() == "TLSv1.3" and tls.compression() is None
+    for port in (daemons["pop3s"], daemons["imaps"]):
+        with handshake(port) as tls:
+            assert tls.version() == "TLSv1.3" and tls.compression() is None
     tls12 = {"minimum_version": ssl.TLSVersion.TLSv1_2, "maximum_version": ssl.TLSVersion.TLSv1_2}
     with handshake(daemons["submissions"], **tls12) as tls:
         assert tls.cipher()[0] in INTERMEDIATE_CIPHERS.split(":")
