@@ -327,6 +327,64 @@ def test_imaplib_sections_match_the_email_package(imapd: Imapd) -> None:
     assert_clean_log(imapd)
 
 
+def idle_until(client: imapclient.IMAPClient, wanted: tuple, timeout: float = 10) -> list[tuple]:
+    """Untagged responses collected in IDLE until one equals wanted (or the time is up)."""
+    seen: list[tuple] = []
+    deadline = time.monotonic() + timeout
+    while wanted not in seen and time.monotonic() < deadline:
+        seen += client.idle_check(timeout=max(0.1, deadline - time.monotonic()))
+    assert wanted in seen, seen
+    return seen
+
+
+def test_imapclient_idle_sees_flags_expunges_and_new_mail(imapd: Imapd, tls_files: tuple[Path, Path]) -> None:
+    for subject in ("idle one", "idle two", "idle three"):
+        imapd.deliver(ALICE, message(subject))
+    watcher = checker(imapd, tls_files[0])
+    watcher.select_folder("INBOX")
+    watcher.idle()
+    other = imapd.client()
+    other.select("INBOX")
+    other.store("1", "+FLAGS", "(\\Flagged $Important)")
+    idle_until(watcher, (1, b"FETCH", (b"FLAGS", (b"$Important", b"\\Flagged"))))
+    other.store("2", "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    idle_until(watcher, (2, b"EXPUNGE"))
+    imapd.deliver(ALICE, message("idle four"))
+    idle_until(watcher, (3, b"EXISTS"))
+    watcher.idle_done()
+    other.logout()
+    subjects = {
+        data[b"SEQ"]: data[b"BODY[HEADER.FIELDS (SUBJECT)]"].strip()
+        for data in watcher.fetch(watcher.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]).values()
+    }
+    assert subjects == {1: b"Subject: idle one", 2: b"Subject: idle three", 3: b"Subject: idle four"}
+    watcher.logout()
+    assert_clean_log(imapd)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="store: when another process adds a keyword, Folder.sync() reports every message of the "
+    "folder as changed (the keyword reload re-creates each MessageInfo), so IDLE clients get a "
+    "FETCH FLAGS for every message",
+)
+def test_idle_a_new_keyword_elsewhere_reports_only_the_new_message(
+    imapd: Imapd, tls_files: tuple[Path, Path]
+) -> None:
+    for subject in ("kw one", "kw two", "kw three"):
+        imapd.deliver(ALICE, message(subject))
+    watcher = checker(imapd, tls_files[0])
+    watcher.select_folder("INBOX")
+    watcher.idle()
+    imapd.folder(ALICE).append(message("kw four"), ["$Fresh"])  # another process, a new keyword
+    seen = idle_until(watcher, (4, b"EXISTS"))
+    seen += watcher.idle_check(timeout=1)
+    watcher.idle_done()
+    watcher.logout()
+    assert [r for r in seen if r[1] == b"FETCH" and r[0] != 4] == [], seen
+
+
 # ------------------------------------------------------------------------- mbsync (isync)
 
 
@@ -451,7 +509,7 @@ def test_mbsync_deletions_new_mail_and_folders_both_ways(
 
 
 class OfflineImap:
-    def __init__(self, imapd: Imapd, cert: Path, folder: Path) -> None:
+    def __init__(self, imapd: Imapd, cert: Path, folder: Path, account: str = "") -> None:
         self.binary = need("offlineimap")
         self.home = folder
         self.local = folder / "mail"
@@ -459,7 +517,7 @@ class OfflineImap:
         self.config = folder / "offlineimaprc"
         self.config.write_text(
             f"[general]\naccounts = test\nmetadata = {folder / 'metadata'}\n\n"
-            "[Account test]\nlocalrepository = local\nremoterepository = remote\n\n"
+            f"[Account test]\nlocalrepository = local\nremoterepository = remote\n{account}\n"
             f"[Repository local]\ntype = Maildir\nlocalfolders = {self.local}\n\n"
             f"[Repository remote]\ntype = IMAP\nremotehost = {HOST}\nremoteport = {imapd.imaps}\n"
             f"remoteuser = {ALICE}\nremotepass = {PASSWORD}\nssl = yes\nsslcacertfile = {cert}\n"
@@ -521,6 +579,42 @@ def test_offlineimap_sync_is_stable_and_flags_go_back(
     assert_clean_log(imapd)
 
 
+def test_offlineimap_utf8_folder_names_and_uploads(
+    imapd: Imapd, tls_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Folder names in modified UTF-7 on the wire, UTF-8 on disk; new local mail goes up."""
+    cert = tls_files[0]
+    client = imapd.client()
+    assert client.create("&AMQ-rger.Unterordner")[0] == "OK"  # Ärger.Unterordner
+    typ, _ = client.append(
+        "&AMQ-rger.Unterordner", None, None, message("umlaut folder").replace(b"\n", b"\r\n")
+    )
+    assert typ == "OK"
+    client.logout()
+    offlineimap = OfflineImap(imapd, cert, tmp_path / "client", account="utf8foldernames = yes")
+    offlineimap.sync()
+    arrived = offlineimap.local / "Ärger.Unterordner"
+    assert set(local_messages(arrived)) == {"umlaut folder"}
+
+    # Made locally: a folder (with its parent) holding a message, and a message in INBOX.
+    for name in ("Übersicht", "Übersicht.Größe"):
+        for sub in ("cur", "new", "tmp"):
+            (offlineimap.local / name / sub).mkdir(parents=True)
+    (offlineimap.local / "Übersicht.Größe" / "new" / "1.local:2,").write_bytes(message("local umlaut"))
+    (offlineimap.local / "INBOX" / "cur" / "2.local:2,F").write_bytes(message("written offline"))
+    output = offlineimap.sync()
+    assert "Copy message" in output, output
+    assert server_view(imapd, cert, "Übersicht.Größe") == {"local umlaut": set()}
+    assert server_view(imapd, cert) == {"written offline": {"\\Flagged"}}
+    assert (imapd.maildir(ALICE) / ".&ANw-bersicht.Gr&APYA3w-e" / "cur").is_dir()
+    # offlineimap learnt the UIDs from APPENDUID: the local files now carry them.
+    names = [p.name for p in local_messages(offlineimap.local / "INBOX").values()]
+    assert len(names) == 1 and ",U=1," in names[0], names
+    output = offlineimap.sync()
+    assert "Copy message" not in output, output
+    assert_clean_log(imapd)
+
+
 # ------------------------------------------------------------------------- mutt
 
 
@@ -568,6 +662,29 @@ def terminal(tmp_path: Path) -> Iterator[Terminal]:
     term.close()
 
 
+def muttrc(folder: Path, imapd: Imapd, cert: Path, extra: str) -> Path:
+    """A muttrc for alice's INBOX over IMAPS, verifying the test certificate."""
+    rc = folder / "muttrc"
+    rc.write_text(
+        f'set folder="imaps://{ALICE.replace("@", "%40")}@{HOST}:{imapd.imaps}/"\n'
+        'set spoolfile="+INBOX"\n'
+        f'set imap_pass="{PASSWORD}"\n'
+        f'set certificate_file="{cert}"\n'
+        "set ssl_force_tls=yes\nset mbox_type=mbox\nset confirmappend=no\nset confirmcreate=no\n"
+        "set move=no\nset delete=yes\nset mark_old=no\nset quit=yes\nset sort=subject\n"
+        "set wait_key=no\n" + extra
+    )
+    return rc
+
+
+def wait_for_exit(exit_file: Path, terminal: Terminal) -> None:
+    deadline = time.monotonic() + 30
+    while not exit_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert exit_file.exists(), terminal.screen()
+    assert exit_file.read_text().strip() == "0"
+
+
 def test_mutt_reads_flags_copies_and_deletes_over_imaps(
     imapd: Imapd, tls_files: tuple[Path, Path], tmp_path: Path, terminal: Terminal
 ) -> None:
@@ -577,16 +694,7 @@ def test_mutt_reads_flags_copies_and_deletes_over_imaps(
         imapd.deliver(ALICE, data)
     saved = tmp_path / "saved.mbox"
     exit_file = tmp_path / "mutt.exit"
-    rc = tmp_path / "muttrc"
-    rc.write_text(
-        f'set folder="imaps://{ALICE.replace("@", "%40")}@{HOST}:{imapd.imaps}/"\n'
-        'set spoolfile="+INBOX"\n'
-        f'set imap_pass="{PASSWORD}"\n'
-        f'set certificate_file="{tls_files[0]}"\n'
-        "set ssl_force_tls=yes\nset mbox_type=mbox\nset confirmappend=no\nset confirmcreate=no\n"
-        "set move=no\nset delete=yes\nset mark_old=no\nset quit=yes\nset sort=subject\n"
-        'set header_cache=""\nset message_cachedir=""\nset wait_key=no\n'
-    )
+    rc = muttrc(tmp_path, imapd, tls_files[0], 'set header_cache=""\nset message_cachedir=""\n')
     terminal.start(f"{mutt} -n -F {rc}; echo $? > {exit_file}")
 
     # The index, read over IMAPS: one line per message, its sender and subject.
@@ -609,11 +717,7 @@ def test_mutt_reads_flags_copies_and_deletes_over_imaps(
     )
     terminal.keys(":", f'push "{commands}"', literal=True)
     terminal.keys("Enter")
-    deadline = time.monotonic() + 30
-    while not exit_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert exit_file.exists(), terminal.screen()
-    assert exit_file.read_text().strip() == "0"
+    wait_for_exit(exit_file, terminal)
 
     copies = {str(m["Subject"]): m.get_payload() for m in mailbox.mbox(saved)}
     assert copies == {s: f"Body of {s}, read in mutt.\n" for s in sent}
@@ -621,6 +725,61 @@ def test_mutt_reads_flags_copies_and_deletes_over_imaps(
     assert set(flags) == {"mutt alpha", "mutt beta"}  # gamma expunged
     assert flags["mutt beta"] == {"\\Seen", "\\Flagged"}
     assert "\\Deleted" not in flags["mutt alpha"] and "\\Flagged" not in flags["mutt alpha"]
+    assert_clean_log(imapd)
+
+
+def test_mutt_cached_session_with_condstore_qresync_compress_and_idle(
+    imapd: Imapd, tls_files: tuple[Path, Path], tmp_path: Path, terminal: Terminal
+) -> None:
+    """mutt with a header cache resynchronises by CHANGEDSINCE/VANISHED, talks DEFLATE, idles."""
+    mutt = need("mutt")
+    for subject in ("cache one", "cache two", "cache three"):
+        imapd.deliver(ALICE, message(subject))
+    rc = muttrc(
+        tmp_path,
+        imapd,
+        tls_files[0],
+        f'set header_cache="{tmp_path}/hcache/"\nset message_cachedir="{tmp_path}/bodies/"\n'
+        "set imap_condstore=yes\nset imap_qresync=yes\nset imap_deflate=yes\nset imap_idle=yes\n"
+        "set mail_check=1\nset timeout=1\n",
+    )
+    (tmp_path / "hcache").mkdir()
+    debug = tmp_path / ".muttdebug0"  # mutt -d2 writes the protocol exchange there ($HOME)
+
+    # First session: the index, then new mail pushed while mutt idles.
+    terminal.start(f"{mutt} -d2 -n -F {rc}; echo $? > {tmp_path}/first.exit")
+    terminal.wait_for("cache three")
+    imapd.deliver(ALICE, message("cache four"))
+    screen = terminal.wait_for("cache four", timeout=20)
+    assert "Msgs:4" in screen, screen
+    terminal.keys("q")
+    wait_for_exit(tmp_path / "first.exit", terminal)
+    log = debug.read_text(errors="replace")
+    assert "COMPRESS DEFLATE" in log and "OK DEFLATE active" in log
+    assert re.search(r"> \S+ IDLE\n.*\n.*< \* 4 EXISTS", log), "new mail did not arrive in IDLE"
+
+    # Meanwhile on the server: one message flagged, one expunged.
+    client = imapd.client()
+    client.select("INBOX")
+    _, found = client.search(None, "SUBJECT", '"cache one"')
+    client.store(found[0].decode(), "+FLAGS", "(\\Flagged)")
+    _, found = client.search(None, "SUBJECT", '"cache two"')
+    client.store(found[0].decode(), "+FLAGS", "(\\Deleted)")
+    client.expunge()
+    client.logout()
+
+    # Second session, from the cache: only what changed is fetched, and the index is right.
+    terminal.start(f"{mutt} -d2 -n -F {rc}; echo $? > {tmp_path}/second.exit")
+    screen = terminal.wait_for("cache four")
+    lines = {line.split()[-1]: line for line in screen.splitlines() if "Carol" in line}
+    assert sorted(lines) == ["four", "one", "three"], screen
+    assert "!" in lines["one"].split("Nov")[0] and "!" not in lines["three"].split("Nov")[0], screen
+    assert "Msgs:3" in screen and "Flag:1" in screen, screen
+    terminal.keys("q")
+    wait_for_exit(tmp_path / "second.exit", terminal)
+    log = debug.read_text(errors="replace")
+    assert re.search(r"UID FETCH \S+ \(FLAGS\) \(CHANGEDSINCE \d+ VANISHED\)", log), log[-3000:]
+    assert re.search(r"< \* VANISHED \(EARLIER\) \d+", log), log[-3000:]
     assert_clean_log(imapd)
 
 
