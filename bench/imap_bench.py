@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,15 @@ LITERAL = re.compile(rb"\{(\d+)\}\r\n\Z")
 
 class BenchError(Exception):
     pass
+
+
+_T0 = time.monotonic()
+
+
+def say(text: str) -> None:
+    """Progress on stderr, with the minutes and seconds since the start."""
+    elapsed = int(time.monotonic() - _T0)
+    print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -682,11 +692,10 @@ def throughput_run(
         "errors": stats.errors[:5],
         "error_count": len(stats.errors),
     }
-    print(
+    say(
         f"round {round_no} {profile:12} {server.name:8} {run['cycles_per_s']:7.1f} cycles/s  "
         f"server CPU {cpu / wall:4.2f} cores, client {client_cpu / wall:4.2f}, machine {busy / wall:4.2f}"
-        + (f"  {len(stats.errors)} ERRORS: {stats.errors[0]}" if stats.errors else ""),
-        file=sys.stderr,
+        + (f"  {len(stats.errors)} ERRORS: {stats.errors[0]}" if stats.errors else "")
     )
     return run
 
@@ -694,9 +703,10 @@ def throughput_run(
 # --------------------------------------------------------------------------- memory
 
 
-async def hold_idle(
-    port: int, accounts: list[Account], count: int, concurrency: int, settle: object
-) -> tuple[list[tuple[Client, bytes]], int, float]:
+async def open_idle(
+    port: int, accounts: list[Account], first: int, count: int, concurrency: int
+) -> tuple[list[tuple[Client, bytes]], list[str]]:
+    """Open sessions first..count-1: connect, LOGIN, SELECT INBOX, IDLE; `concurrency` at a time."""
     context = client_context()
     held: list[tuple[Client, bytes]] = []
     failures: list[str] = []
@@ -712,13 +722,8 @@ async def hold_idle(
             except (TimeoutError, ImapError, OSError, asyncio.IncompleteReadError) as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
 
-    t0 = time.monotonic()
-    await asyncio.gather(*(one(i) for i in range(count)))
-    opened = time.monotonic() - t0
-    if failures:
-        print(f"  {len(failures)} sessions failed, first: {failures[0]}", file=sys.stderr)
-    await settle()  # type: ignore[operator]
-    return held, len(failures), opened
+    await asyncio.gather(*(one(i) for i in range(first, count)))
+    return held, failures
 
 
 async def release(held: list[tuple[Client, bytes]], check: int) -> int:
@@ -735,37 +740,45 @@ async def release(held: list[tuple[Client, bytes]], check: int) -> int:
 
 
 def memory_runs(server: Server, args: argparse.Namespace, accounts: list[Account]) -> list[dict]:
+    """Grow the number of idle sessions through args.idle_sessions, measuring PSS at each count."""
     server.start()
-    runs = []
-    try:
+    runs: list[dict] = []
+
+    async def settle() -> None:
+        # Dovecot: wait until the imap processes have handed their sessions to imap-hibernate.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            await asyncio.sleep(2)
+            if server.processes().get("imap", 0) <= 2:
+                break
+        await asyncio.sleep(2)
+
+    async def go() -> None:
         # One session in and out, so the baseline has every lazily started process and import.
-        async def warm() -> None:
-            c = await Client.connect(server.port, client_context())
-            await c.login(accounts[0])
-            await c.command(b"SELECT INBOX")
-            await c.command(b"LOGOUT")
-            c.close()
-
-        asyncio.run(warm())
-        time.sleep(2)
+        c = await Client.connect(server.port, client_context())
+        await c.login(accounts[0])
+        await c.command(b"SELECT INBOX")
+        await c.command(b"LOGOUT")
+        c.close()
+        await asyncio.sleep(2)
         base, base_by = server.memory()
-        for count in args.idle_sessions:
-
-            async def settle() -> None:
-                # Dovecot: wait until the imap processes have handed their sessions to imap-hibernate.
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    await asyncio.sleep(2)
-                    if server.processes().get("imap", 0) <= 2:
-                        break
-                await asyncio.sleep(2)
-
-            async def measure(count: int = count, settle: object = settle) -> dict:
-                held, failed, opened = await hold_idle(server.port, accounts, count, args.concurrency, settle)
+        held: list[tuple[Client, bytes]] = []
+        failed = 0
+        previous = (0, base)
+        try:
+            for count in sorted(args.idle_sessions):
+                t0 = time.monotonic()
+                more, failures = await open_idle(
+                    server.port, accounts, len(held) + failed, count, args.concurrency
+                )
+                opened = time.monotonic() - t0
+                held += more
+                failed += len(failures)
+                if failures:
+                    say(f"  {len(failures)} sessions failed, first: {failures[0]}")
+                await settle()
                 total, by_name = server.memory()
-                procs = server.processes()
-                alive = await release(held, 20)
-                return {
+                run = {
                     "server": server.name,
                     "sessions": len(held),
                     "failed": failed,
@@ -774,21 +787,30 @@ def memory_runs(server: Server, args: argparse.Namespace, accounts: list[Account
                     "pss_baseline_by_process": base_by,
                     "pss_total": total,
                     "pss_by_process": by_name,
-                    "processes": procs,
+                    "processes": server.processes(),
                     "bytes_per_session": (total - base) / len(held) if held else None,
-                    "checked_alive": alive,
+                    # What each session added since the previous count: the fixed costs are out.
+                    "marginal_bytes_per_session": (total - previous[1]) / (len(held) - previous[0])
+                    if len(held) > previous[0]
+                    else None,
                 }
+                previous = (len(held), total)
+                runs.append(run)
+                say(
+                    f"memory {server.name:8} {run['sessions']:6} idle sessions: "
+                    f"PSS {total / 2**20:8.1f} MiB (baseline {base / 2**20:.1f}), "
+                    f"{run['bytes_per_session'] or 0:,.0f} B/session, "
+                    f"marginal {run['marginal_bytes_per_session'] or 0:,.0f}, "
+                    f"{len(more)} opened in {opened:.0f} s"
+                )
+        finally:
+            alive = await release(held, 20)
+            if runs:
+                runs[-1]["checked_alive"] = alive
+            say(f"memory {server.name:8} {alive}/20 sessions answered DONE at the end")
 
-            run = asyncio.run(measure())
-            runs.append(run)
-            print(
-                f"memory {server.name:8} {run['sessions']:6} idle sessions: "
-                f"PSS {run['pss_total'] / 2**20:8.1f} MiB "
-                f"(baseline {base / 2**20:.1f}), {run['bytes_per_session'] or 0:,.0f} B/session, "
-                f"opened in {run['open_s']:.0f} s, {run['checked_alive']}/20 answered DONE",
-                file=sys.stderr,
-            )
-            time.sleep(3)
+    try:
+        asyncio.run(go())
     finally:
         server.stop()
     return runs
@@ -834,10 +856,9 @@ def big_runs(server: Server, args: argparse.Namespace, account: Account) -> list
     finally:
         server.stop()
     for run in runs:
-        print(
+        say(
             f"big {server.name:8} {run['kind']:32} SELECT {min(run['select']):7.3f} s  "
-            f"UID FETCH 1:* (FLAGS) {min(run['fetch']):7.3f} s  ({run['exists']} messages)",
-            file=sys.stderr,
+            f"UID FETCH 1:* (FLAGS) {min(run['fetch']):7.3f} s  ({run['exists']} messages)"
         )
     return runs
 
@@ -880,10 +901,9 @@ def login_runs(server: Server, account: Account, count: int) -> dict:
         "latency_p50_ms": statistics.median(lat) * 1000,
         "server_cpu_ms_per_login": 1000 * cpu / len(lat),
     }
-    print(
+    say(
         f"login {server.name:8} {run['logins_per_s']:6.2f}/s, p50 {run['latency_p50_ms']:.0f} ms, "
-        f"{run['server_cpu_ms_per_login']:.0f} ms server CPU each",
-        file=sys.stderr,
+        f"{run['server_cpu_ms_per_login']:.0f} ms server CPU each"
     )
     return run
 
@@ -1011,16 +1031,17 @@ def report(args: argparse.Namespace, results: dict, info: dict[str, str], elapse
     if mem:
         out += ["## Memory with sessions idling in IDLE (PSS of every server process)", ""]
         out += [
-            "| Server | sessions | PSS total MiB | baseline MiB | bytes per idle session | processes "
-            "| opened in s |",
-            "|---|---|---|---|---|---|---|",
+            "| Server | sessions | PSS total MiB | baseline MiB | bytes per idle session | marginal bytes "
+            "per session | processes | opened in s |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in mem:
             procs = ", ".join(f"{k} x{v}" for k, v in sorted(r["processes"].items()))
             out.append(
                 f"| {r['server']} | {r['sessions']:,} | {r['pss_total'] / 2**20:.1f} | "
                 f"{r['pss_baseline'] / 2**20:.1f} | "
-                f"**{r['bytes_per_session'] or 0:,.0f}** | {procs} | {r['open_s']:.0f} |"
+                f"**{r['bytes_per_session'] or 0:,.0f}** | {r['marginal_bytes_per_session'] or 0:,.0f} | "
+                f"{procs} | {r['open_s']:.0f} |"
             )
         out += ["", "PSS by process (MiB) at the largest count:", ""]
         top = max(r["sessions"] for r in mem)
@@ -1053,7 +1074,9 @@ def report(args: argparse.Namespace, results: dict, info: dict[str, str], elapse
                 )
         out += [
             "",
-            "cold: page cache dropped (and for Mailroom a fresh imapd); warm: best of 3 in the next session.",
+            "cold: page cache dropped, then a fresh imapd for Mailroom (Dovecot starts a fresh imap process "
+            "per session anyway); warm: best of 3 SELECT + FETCH in the next session (for Mailroom on either "
+            "worker).",
             "",
         ]
     problems = results.get("problems", {})
@@ -1076,7 +1099,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sections", default="throughput,login,memory,big", help="comma-separated subset")
     parser.add_argument("--clients", type=int, default=None, help="concurrent clients (default 40; quick 8)")
     parser.add_argument(
-        "--duration", type=float, default=None, help="seconds per throughput run (30; quick 4)"
+        "--duration", type=float, default=None, help="seconds per throughput run (20; quick 2)"
     )
     parser.add_argument(
         "--warmup", type=float, default=None, help="unmeasured seconds before each run (3; quick 0)"
@@ -1085,14 +1108,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--messages", type=int, default=None, help="messages per client INBOX (500; quick 100)"
     )
-    parser.add_argument("--idle-sessions", default=None, help="idle session counts (1000,10000; quick 200)")
+    parser.add_argument("--idle-sessions", default=None, help="idle session counts (1000,10000; quick 100)")
     parser.add_argument("--concurrency", type=int, default=100, help="sessions being opened at once")
     parser.add_argument(
-        "--big", type=int, default=None, help="messages in the big INBOX (100000; quick 5000)"
+        "--big", type=int, default=None, help="messages in the big INBOX (100000; quick 2000)"
     )
     parser.add_argument("--big-rounds", type=int, default=None, help="cold+warm rounds (2; quick 1)")
     parser.add_argument(
-        "--logins", type=int, default=None, help="strong-hash logins per server (20; quick 4)"
+        "--logins", type=int, default=None, help="strong-hash logins per server (20; quick 2)"
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Mailroom imap.workers")
     parser.add_argument("--hibernate", default="1s", help="Dovecot imap_hibernate_timeout")
@@ -1101,18 +1124,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output", default=None, help="results .md (default bench/results/imap-latest.md)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--servers", default="Mailroom,Dovecot", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     q = args.quick
     defaults = {
         "clients": (40, 8),
-        "duration": (30.0, 4.0),
+        "duration": (20.0, 2.0),
         "warmup": (3.0, 0.0),
         "rounds": (2, 1),
         "messages": (500, 100),
-        "idle_sessions": ("1000,10000", "200"),
-        "big": (100_000, 5000),
+        "idle_sessions": ("1000,10000", "100"),
+        "big": (100_000, 2000),
         "big_rounds": (2, 1),
-        "logins": (20, 4),
+        "logins": (20, 2),
     }
     for key, (full, quick) in defaults.items():
         if getattr(args, key) is None:
@@ -1144,6 +1168,27 @@ def preflight(args: argparse.Namespace) -> None:
     if hard < want:
         raise BenchError(f"ulimit -Hn is {hard}: {want} needed for {max(args.idle_sessions)} sessions")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+@contextlib.contextmanager
+def inotify_instances(wanted: int) -> Iterator[None]:
+    """Raise fs.inotify.max_user_instances for the run, then put the old value back.
+
+    A hibernated Dovecot session keeps its inotify instance (imap-hibernate watches the mailbox
+    with it); at the default 128 per user, sessions beyond it cannot hibernate and keep a whole
+    imap process. Production Dovecot setups with hibernation raise this limit too."""
+    old = int(INOTIFY_INSTANCES.read_text())
+    if old >= wanted:
+        yield
+        return
+    INOTIFY_INSTANCES.write_text(f"{wanted}\n")
+    try:
+        yield
+    finally:
+        INOTIFY_INSTANCES.write_text(f"{old}\n")
 
 
 def make_hash(python: str, password: str, strong: bool) -> str:
@@ -1191,14 +1236,14 @@ def main(argv: list[str] | None = None) -> int:
         tls[1].chmod(0o644)  # both servers read it after dropping privileges; a throwaway key
         password = secrets.token_urlsafe(12)
         light = make_hash(args.python, password, strong=False)
-        users = max(args.clients, 100)
+        users = max(args.clients, 20 if args.quick else 100)
         accounts = [Account(f"u{i:03d}@{DOMAIN}", password, light) for i in range(users)]
         strong = Account(STRONG_USER, password, make_hash(args.python, password, strong=True))
         big = Account(BIG_USER, password, light)
         every = [*accounts, strong, big]
         args.accounts_used = accounts[: args.clients]
 
-        print(f"workdir {workdir}: writing the Maildirs", file=sys.stderr)
+        say(f"workdir {workdir}: writing the Maildirs")
         seed = workdir / "seed" / DOMAIN
         for i, account in enumerate(accounts):
             count = args.messages if i < args.clients and "throughput" in args.sections else 5
@@ -1210,13 +1255,13 @@ def main(argv: list[str] | None = None) -> int:
             fill_maildir(seed / "big", 5, big.address, 1000)
         mailroom = Mailroom(workdir / "mailroom", Path(args.python), every, tls, args.workers)
         dovecot = Dovecot(workdir / "dovecot", every, tls, args.hibernate)
-        servers = [mailroom, dovecot]
+        servers = [s for s in (mailroom, dovecot) if s.name in args.servers]
         for server in servers:
             subprocess.run(["cp", "-a", str(workdir / "seed"), str(server.store)], check=True)  # type: ignore[attr-defined]
             if server is dovecot:
                 chown_tree(dovecot.store)
         shutil.rmtree(workdir / "seed")
-        print(f"Mailroom on 127.0.0.1:{mailroom.port}, Dovecot on 127.0.0.1:{dovecot.port}", file=sys.stderr)
+        say(f"Mailroom on 127.0.0.1:{mailroom.port}, Dovecot on 127.0.0.1:{dovecot.port}")
 
         if "throughput" in args.sections:
             for round_no in range(1, args.rounds + 1):
@@ -1233,8 +1278,9 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers:
                 results["login"].append(login_runs(server, strong, args.logins))
         if "memory" in args.sections:
-            for server in servers:
-                results["memory"] += memory_runs(server, args, accounts)
+            with inotify_instances(max(args.idle_sessions) + 1024):
+                for server in servers:
+                    results["memory"] += memory_runs(server, args, accounts)
         if "big" in args.sections:
             for server in servers:
                 results["big"] += big_runs(server, args, big)
