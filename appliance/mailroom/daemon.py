@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import ctypes
 import errno
@@ -110,7 +111,22 @@ class Started:
     throttle: LoginThrottle
 
 
-def start_as_root(config: Config, listeners: tuple[Listener, ...]) -> Started:
+# asyncio's TLS transport reads into a 256 KiB buffer that every connection allocates (and
+# touches) for its whole life: 2.5 GB for 10,000 idle IMAP sessions. A smaller buffer costs
+# only more read calls for bulk transfers (one TLS record is at most 16 KiB). Measured per idle
+# IMAP session (PSS): 285 KiB with 256 KiB, 50 KiB with 16 KiB, 38 KiB with 4 KiB.
+# It is a class attribute of the standard library: SSLProtocol.max_size, the size it reads with.
+TLS_READ_BUFFER = 16 * 1024  # SMTP: short sessions, large messages
+TLS_READ_BUFFER_LONG_SESSIONS = 4 * 1024  # IMAP and POP3: thousands of mostly idle sessions
+
+
+def lean_tls_buffers(size: int = TLS_READ_BUFFER) -> None:
+    asyncio.sslproto.SSLProtocol.max_size = size
+
+
+def start_as_root(
+    config: Config, listeners: tuple[Listener, ...], tls_read_buffer: int = TLS_READ_BUFFER
+) -> Started:
     """Everything a protocol daemon does as root, in one order for all of them.
 
     Logging, the TLS context (the key may be readable by root only), the
@@ -118,6 +134,7 @@ def start_as_root(config: Config, listeners: tuple[Listener, ...]) -> Started:
     privileges are dropped for good, before a single connection is served.
     """
     setup_logging(config.log_level)
+    lean_tls_buffers(tls_read_buffer)
     tls = (
         server_context(config.tls_certificate, config.tls_private_key)
         if config.tls_certificate and config.tls_private_key

@@ -518,3 +518,17 @@ def test_sort_thread_and_searchres(imapd: Imapd) -> None:
     typ, data = client._simple_command("SEARCH", "CHARSET", "KOI8-R", "ALL")
     assert typ == "NO" and b"BADCHARSET" in data[0]
     client.logout()
+
+
+def test_large_message_round_trips_over_tls(imapd: Imapd) -> None:
+    # Bulk data through the daemon's small TLS read buffer (daemon.TLS_READ_BUFFER_LONG_SESSIONS).
+    body = b"".join(b"line %07d of a large attachment\r\n" % n for n in range(150_000))  # about 5 MB
+    data = b"Subject: large\r\n\r\n" + body
+    client = imapd.client()
+    typ, _ = client.append("INBOX", None, None, data)
+    assert typ == "OK"
+    client.select("INBOX")
+    typ, fetched = client.fetch("1", "(RFC822.SIZE BODY.PEEK[])")
+    assert typ == "OK" and fetched[0][1] == data
+    assert f"RFC822.SIZE {len(data)}".encode() in fetched[0][0]
+    client.logout()

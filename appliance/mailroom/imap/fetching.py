@@ -131,7 +131,7 @@ def render(
             elif name == "BODY":
                 add("BODY", parsed.body_structure(False))
             elif name == "RFC822":
-                add("RFC822", r.literal(parsed.data))
+                add("RFC822", r.literal(parsed.section(f.Section())))
             elif name == "RFC822.HEADER":
                 add("RFC822.HEADER", r.literal(parsed.header_bytes))
             elif name == "RFC822.TEXT":

@@ -26,7 +26,7 @@ log = logging.getLogger("mailroom.imap")
 
 def serve(config: Config) -> None:
     """Bind as root, drop privileges, then serve until told to stop."""
-    started = daemon.start_as_root(config, config.imap_listeners)
+    started = daemon.start_as_root(config, config.imap_listeners, daemon.TLS_READ_BUFFER_LONG_SESSIONS)
     tls, sockets, throttle = started.tls, started.sockets, started.throttle
     assert tls is not None  # config.py requires a certificate with imap
     directory = Directory(config)

@@ -27,7 +27,7 @@ STREAM_LIMIT = 2 * protocol.MAX_AUTH_LINE
 
 def serve(config: Config) -> None:
     """Bind as root, drop privileges, then serve until told to stop."""
-    started = daemon.start_as_root(config, config.pop3_listeners)
+    started = daemon.start_as_root(config, config.pop3_listeners, daemon.TLS_READ_BUFFER_LONG_SESSIONS)
     tls, sockets, throttle = started.tls, started.sockets, started.throttle
     assert tls is not None  # config.py requires a certificate with pop3
     directory = Directory(config)
