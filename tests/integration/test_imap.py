@@ -70,6 +70,8 @@ def imapd(tmp_path: Path, tls_files: tuple[Path, Path]) -> Iterator[Imapd]:
         "limits": {"max_errors": 5, "login_timeout": 5, "max_commands_before_login": 10},
         "workers": 2,
     }
+    # POP3 on the same store, for the tests that run pop3d beside imapd.
+    data["pop3"] = {"listeners": [{"name": "pop3s", "address": "127.0.0.1", "port": free_port()}]}
     config = tmp_path / "mailroom.yml"
     config.write_text(yaml.safe_dump(data))
     process = start_daemon("imapd", config, imap)
@@ -532,3 +534,35 @@ def test_large_message_round_trips_over_tls(imapd: Imapd) -> None:
     assert typ == "OK" and fetched[0][1] == data
     assert f"RFC822.SIZE {len(data)}".encode() in fetched[0][0]
     client.logout()
+
+
+def test_pop3_deletion_and_smtp_delivery_reach_an_imap_session(imapd: Imapd) -> None:
+    import poplib
+
+    pop3s = yaml.safe_load(imapd.config.read_text())["pop3"]["listeners"][0]["port"]
+    pop3d = start_daemon("pop3d", imapd.config, pop3s)
+    try:
+        for n in range(3):
+            imapd.deliver(ALICE, message(f"pop {n}"))
+        client = imapd.client()
+        client.select("INBOX")
+        pop = poplib.POP3_SSL("127.0.0.1", pop3s, context=insecure(), timeout=10)
+        pop.user(ALICE)
+        pop.pass_(PASSWORD)
+        pop.dele(1)
+        pop.quit()  # the deletion happens here (UPDATE state)
+        client.untagged_responses.clear()
+        client.noop()
+        assert client.untagged_responses.get("EXPUNGE") == [b"1"]
+        typ, data = client.fetch("1:*", "(UID)")
+        assert typ == "OK" and [d.decode() for d in data] == ["1 (UID 2)", "2 (UID 3)"]
+        imapd.deliver(ALICE, message("after pop"))
+        client.untagged_responses.clear()
+        client.noop()
+        assert client.untagged_responses.get("EXISTS") == [b"3"]
+        typ, data = client.fetch("3", "(UID)")
+        assert data == [b"3 (UID 4)"]  # a new UID: 1 is never used again
+        client.logout()
+    finally:
+        pop3d.terminate()
+        pop3d.wait(10)
