@@ -161,3 +161,39 @@ def test_forged_and_expired_srs_bounces_get_550(forwarder: tuple[Forwarder, Fake
     # smtpd and deliveryd share the test's log file.
     wait_for(lambda: "bad SRS hash (forged)" in ours.local.log(), what="the log line")
     assert "SRS address expired" in ours.local.log()
+
+
+def test_config_check_names_a_missing_or_short_key(tmp_path: Path) -> None:
+    from mailroom import cli
+
+    key = tmp_path / "srs.key"
+    data = config_data(tmp_path / "mail", free_port(), None, extra={"srs": {"key_file": str(key)}})
+    config = tmp_path / "mailroom.yml"
+    config.write_text(yaml.safe_dump(data))
+    assert cli.main(["config", "check", str(config)]) == 1  # missing
+    key.write_bytes(b"short")
+    assert cli.main(["config", "check", str(config)]) == 1
+    key.write_bytes(KEY)
+    assert cli.main(["config", "check", "-q", str(config)]) == 0
+    data["srs"]["domain"] = "elsewhere.test"
+    config.write_text(yaml.safe_dump(data))
+    assert cli.main(["config", "check", str(config)]) == 1
+
+
+def test_config_check_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mailroom import cli
+
+    data = config_data(
+        tmp_path / "mail", free_port(), None, extra={"srs": {"key_file": str(tmp_path / "none")}}
+    )
+    config = tmp_path / "mailroom.yml"
+    config.write_text(yaml.safe_dump(data))
+    assert cli.main(["config", "check", str(config)]) == 1
+    assert "srs.key_file: cannot read the SRS key" in capsys.readouterr().err
+    del data["srs"]
+    data["delivery"] = {
+        "smarthost": {"host": "smarthost.test", "username": "u", "password_file": str(tmp_path / "pw")}
+    }
+    config.write_text(yaml.safe_dump(data))
+    assert cli.main(["config", "check", str(config)]) == 1
+    assert "delivery.smarthost.password_file: cannot read" in capsys.readouterr().err
