@@ -15,6 +15,7 @@ import email.utils
 import mailbox
 import os
 import re
+import secrets
 import shutil
 import ssl
 import subprocess
@@ -77,7 +78,7 @@ def run(argv: list[str], home: Path, **kwargs: object) -> subprocess.CompletedPr
     """Run a client with its own HOME (no user configuration) and no proxy settings.
 
     Output is text with universal newlines unless text=False is passed."""
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k != "TMUX"}
     env.update(HOME=str(home), LC_ALL="C.UTF-8", TERM="xterm")
     kwargs.setdefault("text", True)
     return subprocess.run(argv, env=env, capture_output=True, timeout=CLIENT_TIMEOUT, check=False, **kwargs)
@@ -146,8 +147,9 @@ def set_maildir_flags(path: Path, flags: str) -> Path:
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 8 + b"\n%%EOF\n"
 
 
-def rich_message() -> bytes:
-    """multipart/mixed: alternative (text, html), a PDF attachment, a forwarded message."""
+def rich_message(inner_attachment: bool = False) -> bytes:
+    """multipart/mixed: alternative (text, html), a PDF attachment, a forwarded message (which
+    is multipart itself, with an attachment, if inner_attachment)."""
     inner = EmailMessage()
     inner["From"] = "Dave Example <dave@example.org>"
     inner["To"] = "Carol <carol@example.org>"
@@ -155,6 +157,8 @@ def rich_message() -> bytes:
     inner["Date"] = "Tue, 24 Nov 2026 09:00:00 +0100"
     inner["Message-ID"] = "<minutes@example.org>"
     inner.set_content("Minutes.\nItem one: the budget.\nItem two: the roof.\n")
+    if inner_attachment:
+        inner.add_attachment(b"a,b\n1,2\n", maintype="text", subtype="csv", filename="budget.csv")
     outer = EmailMessage()
     outer["From"] = "Carol Example <carol@example.org>"
     outer["To"] = f"Alice <{ALICE}>, bob@example.test"
@@ -217,10 +221,15 @@ def decode_transfer(data: bytes, encoding: str) -> bytes:
     return part.get_payload(decode=True)
 
 
+@pytest.mark.parametrize(
+    ("inner_attachment", "numbers"),
+    [(False, ["1", "1.1", "1.2", "2", "3", "3.1"]), (True, ["1", "1.1", "1.2", "2", "3", "3.1", "3.2"])],
+    ids=["forwarded-text", "forwarded-multipart"],
+)
 def test_imapclient_envelope_and_bodystructure_match_the_email_package(
-    imapd: Imapd, tls_files: tuple[Path, Path]
+    imapd: Imapd, tls_files: tuple[Path, Path], inner_attachment: bool, numbers: list[str]
 ) -> None:
-    data = rich_message()
+    data = rich_message(inner_attachment)
     imapd.deliver(ALICE, data)
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     client = checker(imapd, tls_files[0])
@@ -253,7 +262,7 @@ def test_imapclient_envelope_and_bodystructure_match_the_email_package(
     assert params(structure[2])["boundary"] == parsed.get_boundary()
     tree = imap_parts(parsed)
     by_number = structure_parts(structure)
-    assert list(by_number) == [n for n, _ in tree] == ["1", "1.1", "1.2", "2", "3", "3.1"]
+    assert list(by_number) == [n for n, _ in tree] == numbers
     sections = [f"BODY.PEEK[{n}]" for n, part in tree if part.get_content_maintype() != "multipart"]
     bodies = client.fetch(uid, sections)[uid]
     client.logout()
@@ -266,7 +275,9 @@ def test_imapclient_envelope_and_bodystructure_match_the_email_package(
             continue
         kind = f"{node[0].decode()}/{node[1].decode()}".lower()
         assert kind == part.get_content_type(), number
-        assert params(node[2]).get("charset") == part.get_param("charset"), number
+        # Text without a charset is us-ascii (RFC 2045 5.2), and BODYSTRUCTURE says so.
+        default = "us-ascii" if part.get_content_maintype() == "text" else None
+        assert params(node[2]).get("charset") == (part.get_param("charset") or default), number
         encoding = node[5].decode().lower()
         assert encoding == (part["Content-Transfer-Encoding"] or "7bit").lower(), number
         body = bodies[f"BODY[{number}]".encode()]
@@ -624,21 +635,22 @@ class Terminal:
     def __init__(self, folder: Path) -> None:
         self.tmux = need("tmux")
         self.folder = folder
-        self.socket = folder / "tmux.sock"
+        # A server of its own, by name (a socket path below tmp_path could pass the 108-byte limit).
+        self.server = ["-L", f"mailroom-test-{os.getpid()}-{secrets.token_hex(4)}"]
 
     def start(self, command: str) -> None:
         result = run(
-            [self.tmux, "-S", str(self.socket), "new-session", "-d", "-x", "150", "-y", "40", command],
+            [self.tmux, *self.server, "new-session", "-d", "-x", "150", "-y", "40", command],
             self.folder,
         )
         assert result.returncode == 0, result.stderr
 
     def keys(self, *keys: str, literal: bool = False) -> None:
-        argv = [self.tmux, "-S", str(self.socket), "send-keys", *(["-l"] if literal else []), *keys]
+        argv = [self.tmux, *self.server, "send-keys", *(["-l"] if literal else []), *keys]
         assert run(argv, self.folder).returncode == 0
 
     def screen(self) -> str:
-        result = run([self.tmux, "-S", str(self.socket), "capture-pane", "-p"], self.folder)
+        result = run([self.tmux, *self.server, "capture-pane", "-p"], self.folder)
         return result.stdout
 
     def wait_for(self, text: str, timeout: float = 30) -> str:
@@ -652,7 +664,7 @@ class Terminal:
             time.sleep(0.2)
 
     def close(self) -> None:
-        run([self.tmux, "-S", str(self.socket), "kill-server"], self.folder)
+        run([self.tmux, *self.server, "kill-server"], self.folder)
 
 
 @pytest.fixture
@@ -662,11 +674,12 @@ def terminal(tmp_path: Path) -> Iterator[Terminal]:
     term.close()
 
 
-def muttrc(folder: Path, imapd: Imapd, cert: Path, extra: str) -> Path:
-    """A muttrc for alice's INBOX over IMAPS, verifying the test certificate."""
+def muttrc(folder: Path, imapd: Imapd, cert: Path, extra: str, starttls: bool = False) -> Path:
+    """A muttrc for alice's INBOX over IMAPS (or STARTTLS on 143), verifying the test certificate."""
     rc = folder / "muttrc"
+    url = f"imap://%s@{HOST}:{imapd.imap}/" if starttls else f"imaps://%s@{HOST}:{imapd.imaps}/"
     rc.write_text(
-        f'set folder="imaps://{ALICE.replace("@", "%40")}@{HOST}:{imapd.imaps}/"\n'
+        f'set folder="{url % ALICE.replace("@", "%40")}"\n'
         'set spoolfile="+INBOX"\n'
         f'set imap_pass="{PASSWORD}"\n'
         f'set certificate_file="{cert}"\n'
@@ -685,8 +698,9 @@ def wait_for_exit(exit_file: Path, terminal: Terminal) -> None:
     assert exit_file.read_text().strip() == "0"
 
 
-def test_mutt_reads_flags_copies_and_deletes_over_imaps(
-    imapd: Imapd, tls_files: tuple[Path, Path], tmp_path: Path, terminal: Terminal
+@pytest.mark.parametrize("starttls", [False, True], ids=["imaps", "starttls"])
+def test_mutt_reads_flags_copies_and_deletes(
+    imapd: Imapd, tls_files: tuple[Path, Path], tmp_path: Path, terminal: Terminal, starttls: bool
 ) -> None:
     mutt = need("mutt")
     sent = {s: message(s, f"Body of {s}, read in mutt.\n") for s in ("mutt alpha", "mutt beta", "mutt gamma")}
@@ -694,10 +708,10 @@ def test_mutt_reads_flags_copies_and_deletes_over_imaps(
         imapd.deliver(ALICE, data)
     saved = tmp_path / "saved.mbox"
     exit_file = tmp_path / "mutt.exit"
-    rc = muttrc(tmp_path, imapd, tls_files[0], 'set header_cache=""\nset message_cachedir=""\n')
+    rc = muttrc(tmp_path, imapd, tls_files[0], 'set header_cache=""\nset message_cachedir=""\n', starttls)
     terminal.start(f"{mutt} -n -F {rc}; echo $? > {exit_file}")
 
-    # The index, read over IMAPS: one line per message, its sender and subject.
+    # The index, read over TLS (ssl_force_tls): one line per message, its sender and subject.
     screen = terminal.wait_for("mutt gamma")
     lines = [line for line in screen.splitlines() if "Carol" in line]
     assert [line.split()[-1] for line in lines] == ["alpha", "beta", "gamma"], screen
