@@ -1,6 +1,6 @@
 """Real IMAP clients against the running imapd: imapclient and imaplib (structures checked against
 what Python's email package parses from the same message), mbsync (two-way sync), offlineimap3,
-mutt (reading over IMAPS in a terminal, under tmux) and curl (IMAPS and STARTTLS).
+fetchmail, mutt (reading over IMAPS in a terminal, under tmux) and curl (IMAPS and STARTTLS).
 
 Every client verifies the server certificate: the test certificate names localhost (and
 127.0.0.1), and the clients connect to localhost, which resolves to loopback.
@@ -12,6 +12,7 @@ import email
 import email.header
 import email.policy
 import email.utils
+import getpass
 import mailbox
 import os
 import re
@@ -74,12 +75,14 @@ def need(binary: str) -> str:
     return path
 
 
-def run(argv: list[str], home: Path, **kwargs: object) -> subprocess.CompletedProcess:
+def run(
+    argv: list[str], home: Path, env_extra: dict[str, str] | None = None, **kwargs: object
+) -> subprocess.CompletedProcess:
     """Run a client with its own HOME (no user configuration) and no proxy settings.
 
     Output is text with universal newlines unless text=False is passed."""
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k != "TMUX"}
-    env.update(HOME=str(home), LC_ALL="C.UTF-8", TERM="xterm")
+    env.update(HOME=str(home), LC_ALL="C.UTF-8", TERM="xterm", **(env_extra or {}))
     kwargs.setdefault("text", True)
     return subprocess.run(argv, env=env, capture_output=True, timeout=CLIENT_TIMEOUT, check=False, **kwargs)
 
@@ -623,6 +626,59 @@ def test_offlineimap_utf8_folder_names_and_uploads(
     assert len(names) == 1 and ",U=1," in names[0], names
     output = offlineimap.sync()
     assert "Copy message" not in output, output
+    assert_clean_log(imapd)
+
+
+# ------------------------------------------------------------------------- fetchmail
+
+
+def fetchmail(imapd: Imapd, cert: Path, home: Path, keep: bool) -> tuple[str, list[bytes]]:
+    """One fetchmail poll over IMAPS into an MDA that writes files; (output, new messages)."""
+    binary = need("fetchmail")
+    out = home / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    mda = home / "mda.sh"
+    mda.write_text(f'#!/bin/sh\nexec cat > "$(mktemp -p {out} msg.XXXXXXXX)"\n')
+    mda.chmod(0o700)
+    rc = home / "fetchmailrc"
+    rc.write_text(
+        "set no bouncemail\n"
+        f"poll {HOST} with service {imapd.imaps} protocol IMAP auth password timeout 30\n"
+        f'  user "{ALICE}" there with password "{PASSWORD}" is "{getpass.getuser()}" here\n'
+        f'  ssl sslcertck sslcertfile "{cert}"\n'
+        f"  {'keep' if keep else 'nokeep'}\n"
+        f'  mda "{mda}"\n'
+    )
+    rc.chmod(0o600)
+    before = set(out.iterdir())
+    result = run([binary, "-v", "--nosyslog", "-f", str(rc)], home, env_extra={"FETCHMAILHOME": str(home)})
+    output = result.stdout + result.stderr
+    # 0: mail fetched, 1: no mail; anything else is an error.
+    assert result.returncode in (0, 1), output
+    return output, [p.read_bytes() for p in sorted(set(out.iterdir()) - before)]
+
+
+def test_fetchmail_fetches_unseen_keeps_or_deletes(
+    imapd: Imapd, tls_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, home = tls_files[0], tmp_path / "fetchmail"
+    sent = {s: message(s, f"Text of {s}.\n") for s in ("fm one", "fm two")}
+    for data in sent.values():
+        imapd.deliver(ALICE, data)
+    output, got = fetchmail(imapd, cert, home, keep=True)
+    assert sorted(email.message_from_bytes(m)["Subject"] for m in got) == ["fm one", "fm two"], output
+    for data in got:
+        subject = email.message_from_bytes(data)["Subject"]
+        assert data.split(b"\n\n", 1)[1] == sent[subject].split(b"\n\n", 1)[1]
+    # Kept, and read: \Seen on the server, so the next poll finds nothing new.
+    assert server_view(imapd, cert) == {"fm one": {"\\Seen"}, "fm two": {"\\Seen"}}
+    output, got = fetchmail(imapd, cert, home, keep=True)
+    assert got == [], output
+    # New mail with nokeep: fetched, then deleted and expunged on the server.
+    imapd.deliver(ALICE, message("fm three"))
+    output, got = fetchmail(imapd, cert, home, keep=False)
+    assert [email.message_from_bytes(m)["Subject"] for m in got] == ["fm three"], output
+    assert server_view(imapd, cert) == {"fm one": {"\\Seen"}, "fm two": {"\\Seen"}}
     assert_clean_log(imapd)
 
 
