@@ -124,6 +124,12 @@ class Metrics:
     port: int
     allow: tuple[str, ...]  # client networks (CIDR) that may scrape
     state_dir: Path  # where each daemon writes its values for metricsd to sum
+    # metrics.basic_auth: scrapers must also send this user and password (argon2 hash).
+    basic_auth_user: str | None = None
+    basic_auth_hash: str | None = None
+    tls: bool = False  # metrics.tls: serve HTTPS with the host certificate (tls.certificate)
+    # Where supervisord answers XML-RPC: daemon up/start time/restarts come from there.
+    supervisor_socket: Path | None = Path("/var/run/supervisor.sock")
 
 
 @dataclass(frozen=True)
@@ -425,6 +431,8 @@ def parse(data: Any, source: Path | None = None) -> Config:
             raise ConfigError("queue.root", "is required with submission listeners (mail to other domains)")
 
     metrics = _parse_metrics(top) if top.raw("metrics", None) is not None else None
+    if metrics is not None and metrics.tls and cert is None:
+        raise ConfigError("metrics.tls", "needs the host certificate (tls.certificate and tls.private_key)")
     pop3_listeners, pop3_limits = _parse_pop3(top, listeners, has_tls=cert is not None)
     imap_listeners, imap_limits, imap_workers = _parse_imap(
         top, [*listeners, *pop3_listeners], has_tls=cert is not None
@@ -558,7 +566,7 @@ def _absolute_path(reader: _Reader, name: str, default: Any = ...) -> Path | Non
 
 def _parse_metrics(top: _Reader) -> Metrics:
     reader = top.sub("metrics")
-    reader.check_unknown({"address", "port", "allow", "state_dir"})
+    reader.check_unknown({"address", "port", "allow", "state_dir", "basic_auth", "tls", "supervisor_socket"})
     address = reader.string("address", "127.0.0.1")
     try:
         ipaddress.ip_address(address)
@@ -574,11 +582,28 @@ def _parse_metrics(top: _Reader) -> Metrics:
             raise ConfigError(f"{reader.key('allow')}[{i}]", f"{net!r} is not a network (CIDR)") from None
     state_dir = _absolute_path(reader, "state_dir", "/run/mailroom/metrics")
     assert state_dir is not None
+    user = password_hash = None
+    if reader.raw("basic_auth", None) is not None:
+        auth = reader.sub("basic_auth")
+        auth.check_unknown({"user", "password_hash"})
+        user = auth.string("user")
+        if not user or len(user) > 64 or ":" in user or not user.isprintable():
+            raise ConfigError(auth.key("user"), "must be 1-64 printable characters without ':'")
+        password_hash = auth.string("password_hash")
+        if not password_hash.startswith("$argon2"):
+            raise ConfigError(
+                auth.key("password_hash"), "must be an argon2 hash (mailroom password hash), not a password"
+            )
+    supervisor_socket = _absolute_path(reader, "supervisor_socket", "/var/run/supervisor.sock")
     return Metrics(
         address,
         reader.integer("port", 9154, minimum=1, maximum=65535),
         tuple(str(n) for n in allow),
         state_dir,
+        basic_auth_user=user,
+        basic_auth_hash=password_hash,
+        tls=_flag(reader, "tls", False),
+        supervisor_socket=supervisor_socket,
     )
 
 

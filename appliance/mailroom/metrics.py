@@ -84,7 +84,7 @@ IMAP_CONNECTIONS_REFUSED = Counter(
 )
 IMAP_TLS_SESSIONS = Counter("mailroom_imap_tls_sessions", "IMAP sessions that went TLS", ["listener", "kind"])
 IMAP_AUTH = Counter(
-    "mailroom_imap_auth", "IMAP logins by result (success, failure, locked, error)", ["result"]
+    "mailroom_imap_auth_attempts", "IMAP logins by result (success, failure, locked, error)", ["result"]
 )
 IMAP_COMMANDS = Counter(
     "mailroom_imap_commands", "IMAP commands by name and completion", ["command", "status"]
