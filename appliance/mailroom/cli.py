@@ -441,6 +441,42 @@ def dns_records(args: argparse.Namespace) -> int:
     return 0
 
 
+def self_check(args: argparse.Namespace) -> int:
+    """Ports, certificate, DNS, disk, queue, backup and daemons: OK/WARN/FAIL each, exit 0/1/2."""
+    config = _load("check", args.config)
+    if config is None:
+        return 2
+    from . import check
+
+    results = check.run(config, Path(args.backup_state_dir))
+    print(check.render(results, args.json))
+    return check.SEVERITY[check.verdict(results)]
+
+
+def monitoring_scrape_config(args: argparse.Namespace) -> int:
+    """The Prometheus scrape job for this host's metricsd (YAML), from mailroom.yml."""
+    config = _load("monitoring", args.config)
+    if config is None:
+        return 1
+    if config.metrics is None:
+        print(f"mailroom monitoring: {args.config}: metrics: is not configured", file=sys.stderr)
+        return 1
+    import yaml
+
+    from .monitoring import scrape_config
+
+    target = args.target or f"{config.hostname}:{config.metrics.port}"
+    snippet = scrape_config(
+        [target], tls=config.metrics.tls, basic_auth_user=config.metrics.basic_auth_user, job=args.job
+    )
+    text = yaml.safe_dump(snippet, sort_keys=False)
+    if args.json:
+        text = json.dumps(snippet, indent=2) + "\n"
+    print(f"# Prometheus scrape job for {config.hostname} (mailroom monitoring scrape-config)", end="\n")
+    print(text, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailroom", description="Mailroom mail appliance")
     parser.add_argument("--version", action="version", version=f"mailroom {__version__}")
@@ -548,6 +584,29 @@ def build_parser() -> argparse.ArgumentParser:
     dns_format.add_argument("--json", action="store_true", help="machine-readable output")
     dns.add_argument("--tlsa", action="store_true", help="add the certificate's TLSA record (DANE)")
     dns.set_defaults(func=dns_records)
+
+    self_test = commands.add_parser(
+        "check", help="self-test of the running host: OK/WARN/FAIL per check, exit 0/1/2"
+    )
+    self_test.add_argument("--config", default=DEFAULT_CONFIG)
+    self_test.add_argument("--json", action="store_true", help="machine-readable output")
+    self_test.add_argument(
+        "--backup-state-dir",
+        default=str(backup.DEFAULT_STATE_DIR),
+        help="where `mailroom backup` keeps its status",
+    )
+    self_test.set_defaults(func=self_check)
+
+    monitoring = commands.add_parser("monitoring", help="Prometheus integration")
+    monitoring_actions = monitoring.add_subparsers(dest="action", required=True, metavar="ACTION")
+    scrape = monitoring_actions.add_parser(
+        "scrape-config", help="print the Prometheus scrape job for this host's metrics endpoint"
+    )
+    scrape.add_argument("--config", default=DEFAULT_CONFIG)
+    scrape.add_argument("--target", default="", help="host:port Prometheus scrapes (default: hostname:port)")
+    scrape.add_argument("--job", default="mailroom", help="job name (the alert rules expect mailroom)")
+    scrape.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    scrape.set_defaults(func=monitoring_scrape_config)
     return parser
 
 
