@@ -484,3 +484,12 @@ def test_a_folder_replaced_under_the_same_name_is_another_folder(tmp_path: Path)
     new = Folder(box.path)
     assert new.messages() == []
     assert Folder(renamed).messages()[0].uid == 1
+
+
+def test_names_with_odd_digits_are_renamed_not_crashed_on(maildir: Maildir) -> None:
+    # '²' is a digit to str.isdigit() but not to int(): a name from elsewhere must not crash a scan.
+    (maildir.path / "cur" / "1.odd.host,U=²,M=1:2,S").write_bytes(b"Subject: odd\n\n")
+    (maildir.path / "cur" / "2.odd.host,U=7,M=²:2,").write_bytes(b"Subject: odd too\n\n")
+    folder = Folder(maildir.path)
+    assert len(folder.sync().new_uids) == 2
+    assert {info.flags for info in folder.messages()} == {frozenset({"\\Seen"}), frozenset()}

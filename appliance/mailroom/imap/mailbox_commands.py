@@ -281,7 +281,6 @@ class MailboxCommands:
             return _no("No such folder", b"NONEXISTENT")
         selected = Selected(folder, command.mailbox, readonly=readonly)
         await self.io(selected.open)
-        infos = await self.io(selected.infos)
         keywords = await self.io(lambda: folder.keywords)
         system = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
         self.write(r.flags([*system, *keywords]))
@@ -295,7 +294,7 @@ class MailboxCommands:
         )
         self.write(r.exists(selected.exists))
         self.write(r.recent(0))
-        first_unseen = next((seq for seq, info in infos if "\\Seen" not in info.flags), None)
+        first_unseen = await self.io(selected.first_unseen)
         if first_unseen is not None:
             self.write(r.untagged_status("OK", "First unseen", r.code("UNSEEN", first_unseen)))
         self.write(r.untagged_status("OK", "UIDs valid", r.code("UIDVALIDITY", folder.uidvalidity)))
@@ -304,7 +303,7 @@ class MailboxCommands:
         if self.condstore:
             self.write(r.untagged_status("OK", "Highest", r.code("HIGHESTMODSEQ", highest)))
         if command.qresync is not None:
-            self._qresync_report(selected, infos, command.qresync)
+            self._qresync_report(selected, await self.io(selected.infos), command.qresync)
         self.selected = selected
         self.state = State.SELECTED
         self.mailbox_name = command.mailbox

@@ -100,6 +100,15 @@ class Selected:
         except LookupError:
             return None
 
+    def first_unseen(self) -> int | None:
+        """The sequence number of the first message without \\Seen (SELECT's [UNSEEN n])."""
+        for info in self.folder.messages():
+            if "\\Seen" not in info.flags and info.uid not in self.pending_expunge:
+                seq = self.seq_of(info.uid)
+                if seq is not None:
+                    return seq
+        return None
+
     def infos(self) -> list[tuple[int, MessageInfo]]:
         """(seq, info) of every message the client knows, except those already gone."""
         messages = self.folder.messages()  # ascending UIDs, as self.uids

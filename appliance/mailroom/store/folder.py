@@ -81,8 +81,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..fsutil import fsync_dir, write_synced
-from .maildir import wire_size
 from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
+from .maildir import wire_size
 
 STATE_FILE = "mailroom-state"
 UIDVALIDITY_FILE = "mailroom-uidvalidity"
@@ -208,6 +208,26 @@ class _Parsed:
     __slots__ = ("base", "info", "modseq", "uid")
 
     def __init__(self, name: str) -> None:
+        # The names this module writes, <base>,U=<uid>,M=<modseq>:2,<letters>, in a few string
+        # operations (a cold SELECT of 100,000 messages parses 100,000 names).
+        head, colon, info = name.partition(":")
+        base, u, m = head.rsplit(",", 2) if head.count(",") >= 2 else ("", "", "")
+        if (
+            colon
+            and u[:2] == "U="
+            and m[:2] == "M="
+            and u[2:].isascii()
+            and u[2:].isdigit()
+            and m[2:].isascii()
+            and m[2:].isdigit()
+            and ",U=" not in base
+            and ",M=" not in base
+            and ":" not in info
+        ):
+            uid, modseq = int(u[2:]), int(m[2:])
+            if 0 < uid < _UID_MAX and modseq > 0:
+                self.base, self.info, self.uid, self.modseq = base, info, uid, modseq
+                return
         base, colon, info = name.partition(":")
         self.info = info if colon else ""
         first, *fields = base.split(",")
@@ -218,9 +238,10 @@ class _Parsed:
         self.base = ",".join(kept)
         # A name with two U= (or M=) is not one we wrote: treat the value as unknown.
         uid = uids[0] if len(uids) == 1 else ""
-        self.uid: int | None = int(uid) if uid.isdigit() and 0 < int(uid) < _UID_MAX else None
+        valid = uid.isascii() and uid.isdigit() and 0 < int(uid) < _UID_MAX
+        self.uid: int | None = int(uid) if valid else None
         modseq = modseqs[0] if len(modseqs) == 1 else ""
-        self.modseq = int(modseq) if modseq.isdigit() and int(modseq) > 0 else 1
+        self.modseq = int(modseq) if modseq.isascii() and modseq.isdigit() and int(modseq) > 0 else 1
 
     @property
     def letters(self) -> str:
