@@ -566,3 +566,27 @@ def test_pop3_deletion_and_smtp_delivery_reach_an_imap_session(imapd: Imapd) -> 
     finally:
         pop3d.terminate()
         pop3d.wait(10)
+
+
+def test_list_extended_recursivematch_and_overlong_lines(imapd: Imapd) -> None:
+    client = imapd.client()
+    client.create("Lists.python")
+    client.create("Lists.rust")
+    client.subscribe("Lists.python")
+    typ, _ = client._simple_command("LIST", "(SUBSCRIBED RECURSIVEMATCH)", '""', "%")
+    assert typ == "OK"
+    lines = client.untagged_responses.pop("LIST", [])
+    lists = [line for line in lines if b'"." Lists' in line]
+    assert len(lists) == 1 and lists[0].endswith(b'"." Lists ("CHILDINFO" ("SUBSCRIBED"))'), lines
+    typ, _ = client._simple_command("LIST", "(SUBSCRIBED)", '""', "*")
+    lines = client.untagged_responses.pop("LIST", [])
+    assert [line for line in lines if b"Lists" in line] == [
+        b'(\\HasNoChildren \\Subscribed) "." Lists.python'
+    ]
+    # A command line longer than the limit gets BAD; the session goes on.
+    sock = client.socket()
+    sock.sendall(b"long NOOP " + b"x" * 70_000 + b"\r\n")
+    line = client.readline()
+    assert line.startswith((b"long BAD", b"* BAD")), line
+    assert client.noop()[0] == "OK"
+    client.logout()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..store import FolderError, FolderExists, InvalidFlag, InvalidFolderName, Mailbox, NoSuchFolder
 from ..store.maildir import Maildir
-from ..store.names import INBOX, SEPARATOR, normalize
+from ..store.names import INBOX, SEPARATOR, normalize, parent_names
 from .base import Reply, State
 from .base import bad as _bad
 from .base import no as _no
@@ -141,19 +141,23 @@ class MailboxCommands:
         subscribed_only = "SUBSCRIBED" in select
         want_subscribed = subscribed_only or "SUBSCRIBED" in returns
         special_only = "SPECIAL-USE" in select
+        recursive = "RECURSIVEMATCH" in select
         mailbox = self._mailbox()
         folders = await self.io(mailbox.folders)
         subscriptions = set(await self.io(mailbox.subscriptions)) if want_subscribed else set()
         patterns = [_pattern(command.reference, p) for p in command.patterns]
         by_name = {f.name: f for f in folders}
         names = list(by_name)
+        # RFC 5258 3.5: with RECURSIVEMATCH a name is also listed when a name below it is
+        # subscribed, with CHILDINFO ("SUBSCRIBED"), whether the descendant matches or not.
+        parents_of_subscribed = {p for s in subscriptions for p in parent_names(s)} if recursive else set()
         if subscribed_only:  # subscribed names that no longer exist are listed \NonExistent
-            names += [n for n in sorted(subscriptions) if n not in by_name]
+            names += [n for n in sorted(subscriptions | parents_of_subscribed) if n not in by_name]
         for name in names:
             if not any(p.match(name) for p in patterns):
                 continue
             info = by_name.get(name)
-            if subscribed_only and name not in subscriptions:
+            if subscribed_only and name not in subscriptions and name not in parents_of_subscribed:
                 continue
             if special_only and (info is None or info.special_use is None):
                 continue
@@ -162,7 +166,8 @@ class MailboxCommands:
                 attributes.append(info.special_use)
             if want_subscribed and name in subscriptions:
                 attributes.append("\\Subscribed")
-            self.write(r.list_response(name, attributes))
+            extended = [("CHILDINFO", ["SUBSCRIBED"])] if name in parents_of_subscribed else []
+            self.write(r.list_response(name, attributes, extended=extended))
             if command.status_items is not None and info and "\\Noselect" not in info.attributes:
                 status = await self._status_items(name, command.status_items)
                 if status is not None:
