@@ -16,10 +16,10 @@ import getpass
 import mailbox
 import os
 import re
-import secrets
 import shutil
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage, Message
@@ -691,8 +691,9 @@ class Terminal:
     def __init__(self, folder: Path) -> None:
         self.tmux = need("tmux")
         self.folder = folder
-        # A server of its own, by name (a socket path below tmp_path could pass the 108-byte limit).
-        self.server = ["-L", f"mailroom-test-{os.getpid()}-{secrets.token_hex(4)}"]
+        # A server of its own on a short socket path (one below tmp_path could pass 108 bytes).
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="tmux-test-"))
+        self.server = ["-S", str(self.socket_dir / "s")]
 
     def start(self, command: str) -> None:
         result = run(
@@ -721,6 +722,7 @@ class Terminal:
 
     def close(self) -> None:
         run([self.tmux, *self.server, "kill-server"], self.folder)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 @pytest.fixture
