@@ -377,12 +377,6 @@ def test_imapclient_idle_sees_flags_expunges_and_new_mail(imapd: Imapd, tls_file
     assert_clean_log(imapd)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store: when another process adds a keyword, Folder.sync() reports every message of the "
-    "folder as changed (the keyword reload re-creates each MessageInfo), so IDLE clients get a "
-    "FETCH FLAGS for every message",
-)
 def test_idle_a_new_keyword_elsewhere_reports_only_the_new_message(
     imapd: Imapd, tls_files: tuple[Path, Path]
 ) -> None:

@@ -493,3 +493,17 @@ def test_names_with_odd_digits_are_renamed_not_crashed_on(maildir: Maildir) -> N
     folder = Folder(maildir.path)
     assert len(folder.sync().new_uids) == 2
     assert {info.flags for info in folder.messages()} == {frozenset({"\\Seen"}), frozenset()}
+
+
+def test_a_new_keyword_elsewhere_changes_no_other_message(maildir: Maildir) -> None:
+    for n in range(3):
+        maildir.deliver(b"Subject: %d\n\n" % n)
+    folder = Folder(maildir.path)
+    folder.sync()
+    # Another process (its own listing) gives message 2 a keyword the folder did not have yet.
+    script = "import sys; from mailroom.store import Folder; f = Folder(sys.argv[1]); f.sync(); "
+    script += "f.store_flags([2], ['$Fresh'], 'add')"
+    subprocess.run([sys.executable, "-c", script, str(maildir.path)], check=True)
+    result = folder.sync()
+    assert list(result.flag_changes) == [2]
+    assert result.flag_changes[2][0] == frozenset({"$Fresh"})

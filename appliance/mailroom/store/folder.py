@@ -671,9 +671,12 @@ class _Listing:
         if keywords != self._keywords:
             self._keywords = keywords[:MAX_KEYWORDS]
             self._flagsets.clear()
+            # Only messages whose flags read differently now count as changed: a new keyword
+            # elsewhere must not make every session report every message of the folder.
             for name, info in list(self._by_name.items()):
-                parsed = _Parsed(name)
-                self._add(self._remember(name, info.uid, info.modseq, parsed.letters))
+                letters = _Parsed(name).letters
+                if self._flagset(letters) != info.flags:
+                    self._add(self._remember(name, info.uid, info.modseq, letters))
 
     def _letters_for(self, flags: Iterable[str], create: bool = True) -> str:
         """Map IMAP flags to info letters; new keywords get a letter if create (LOCK_EX held)."""
