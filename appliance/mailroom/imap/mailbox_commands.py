@@ -280,13 +280,23 @@ class MailboxCommands:
                 self.write(b"* OK [CLOSED] Previous mailbox closed\r\n")  # RFC 7162 3.2.11
         if command.condstore:
             self.condstore = True
+        mailbox = self._mailbox()
+
+        def open_folder() -> tuple[Selected, list[str], int | None, tuple[int, int, int], list | None]:
+            # One trip to the worker thread for everything SELECT reports (each trip costs a
+            # thread hand-off, which on a busy machine is most of a small SELECT's time).
+            folder = mailbox.folder(command.mailbox)
+            selected = Selected(folder, command.mailbox, readonly=readonly)
+            selected.open()
+            state = (folder.uidvalidity, folder.uidnext, folder.highestmodseq)
+            infos = selected.infos() if command.qresync is not None else None
+            return selected, folder.keywords, selected.first_unseen(), state, infos
+
         try:
-            folder = await self.io(self._mailbox().folder, command.mailbox)
+            selected, keywords, first_unseen, state, infos = await self.io(open_folder)
         except (NoSuchFolder, InvalidFolderName):
             return _no("No such folder", b"NONEXISTENT")
-        selected = Selected(folder, command.mailbox, readonly=readonly)
-        await self.io(selected.open)
-        keywords = await self.io(lambda: folder.keywords)
+        uidvalidity, uidnext, highest = state
         system = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
         self.write(r.flags([*system, *keywords]))
         permanent = [] if readonly else [*system, *keywords]
@@ -299,16 +309,14 @@ class MailboxCommands:
         )
         self.write(r.exists(selected.exists))
         self.write(r.recent(0))
-        first_unseen = await self.io(selected.first_unseen)
         if first_unseen is not None:
             self.write(r.untagged_status("OK", "First unseen", r.code("UNSEEN", first_unseen)))
-        self.write(r.untagged_status("OK", "UIDs valid", r.code("UIDVALIDITY", folder.uidvalidity)))
-        self.write(r.untagged_status("OK", "Predicted next UID", r.code("UIDNEXT", folder.uidnext)))
-        highest = folder.highestmodseq
+        self.write(r.untagged_status("OK", "UIDs valid", r.code("UIDVALIDITY", uidvalidity)))
+        self.write(r.untagged_status("OK", "Predicted next UID", r.code("UIDNEXT", uidnext)))
         if self.condstore:
             self.write(r.untagged_status("OK", "Highest", r.code("HIGHESTMODSEQ", highest)))
-        if command.qresync is not None:
-            self._qresync_report(selected, await self.io(selected.infos), command.qresync)
+        if command.qresync is not None and infos is not None:
+            self._qresync_report(selected, infos, command.qresync)
         self.selected = selected
         self.state = State.SELECTED
         self.mailbox_name = command.mailbox
