@@ -110,7 +110,10 @@ def check_dns(config: Config) -> Result:
         ][:MAX_DNS_RECORDS]
     except ConfigError as exc:
         return Result("dns", FAIL, f"cannot work out the records to publish: {exc}.")
-    resolver = dns.resolver.Resolver(configure=config.delivery.resolver_address is None)
+    try:
+        resolver = dns.resolver.Resolver(configure=config.delivery.resolver_address is None)
+    except dns.exception.DNSException:
+        return Result("dns", OK, "skipped: this host has no resolver configured (/etc/resolv.conf).")
     if config.delivery.resolver_address is not None:
         resolver.nameservers = [config.delivery.resolver_address]
         resolver.port = config.delivery.resolver_port
@@ -125,9 +128,9 @@ def check_dns(config: Config) -> Result:
             answered += 1
             missing.append(f"{record.type} {record.name}")
             continue
-        except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.NoResolverConfiguration):
-            continue
         except dns.exception.DNSException:
+            if not answered:
+                break  # the first lookup got no answer at all: do not wait for every record
             continue
         if record.type == "TXT":
             got = {b"".join(r.strings).decode("utf-8", "replace") for r in answer}

@@ -448,7 +448,8 @@ def self_check(args: argparse.Namespace) -> int:
         return 2
     from . import check
 
-    results = check.run(config, Path(args.backup_state_dir))
+    backup_dir = args.backup_state_dir or (config.metrics.backup_state_dir if config.metrics else None)
+    results = check.run(config, Path(backup_dir) if backup_dir else backup.DEFAULT_STATE_DIR)
     print(check.render(results, args.json))
     return check.SEVERITY[check.verdict(results)]
 
@@ -592,8 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     self_test.add_argument("--json", action="store_true", help="machine-readable output")
     self_test.add_argument(
         "--backup-state-dir",
-        default=str(backup.DEFAULT_STATE_DIR),
-        help="where `mailroom backup` keeps its status",
+        default="",
+        help="where `mailroom backup` keeps its status (default: metrics.backup_state_dir)",
     )
     self_test.set_defaults(func=self_check)
 

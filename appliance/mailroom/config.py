@@ -130,6 +130,8 @@ class Metrics:
     tls: bool = False  # metrics.tls: serve HTTPS with the host certificate (tls.certificate)
     # Where supervisord answers XML-RPC: daemon up/start time/restarts come from there.
     supervisor_socket: Path | None = Path("/var/run/supervisor.sock")
+    # Where `mailroom backup` writes status.json; metricsd reads it at scrape time.
+    backup_state_dir: Path = Path("/var/lib/mailroom/backup")
 
 
 @dataclass(frozen=True)
@@ -566,7 +568,18 @@ def _absolute_path(reader: _Reader, name: str, default: Any = ...) -> Path | Non
 
 def _parse_metrics(top: _Reader) -> Metrics:
     reader = top.sub("metrics")
-    reader.check_unknown({"address", "port", "allow", "state_dir", "basic_auth", "tls", "supervisor_socket"})
+    reader.check_unknown(
+        {
+            "address",
+            "port",
+            "allow",
+            "state_dir",
+            "basic_auth",
+            "tls",
+            "supervisor_socket",
+            "backup_state_dir",
+        }
+    )
     address = reader.string("address", "127.0.0.1")
     try:
         ipaddress.ip_address(address)
@@ -604,6 +617,8 @@ def _parse_metrics(top: _Reader) -> Metrics:
         basic_auth_hash=password_hash,
         tls=_flag(reader, "tls", False),
         supervisor_socket=supervisor_socket,
+        backup_state_dir=_absolute_path(reader, "backup_state_dir", "/var/lib/mailroom/backup")
+        or Path("/var/lib/mailroom/backup"),
     )
 
 

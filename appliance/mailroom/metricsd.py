@@ -141,7 +141,7 @@ def serve(config: Config) -> None:
                 )
                 return
             body = await asyncio.get_running_loop().run_in_executor(
-                None, render, settings.state_dir, backup.DEFAULT_STATE_DIR, host
+                None, render, settings.state_dir, settings.backup_state_dir, host
             )
             writer.write(response("200 OK", body, CONTENT_TYPE_LATEST))
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):

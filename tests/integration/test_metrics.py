@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import imaplib
 import json
+import os
+import poplib
+import re
 import shutil
+import signal
 import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+import xmlrpc.client
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -197,3 +205,331 @@ def test_a_real_prometheus_scrapes_metricsd_and_loads_the_rules(servers: dict, t
     finally:
         prometheus.terminate()
         prometheus.wait(20)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A whole host: every daemon under a real supervisord, as the mailroom role runs them.
+
+SUPERVISOR_PROGRAM = """
+[program:{name}]
+command={python} -m mailroom.cli {name} --config {config}
+directory={folder}
+autostart=true
+autorestart=true
+startsecs=1
+startretries=100
+stopsignal=TERM
+stopwaitsecs=20
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile={folder}/{name}.log
+"""
+DAEMONS = ("smtpd", "imapd", "pop3d", "deliveryd", "metricsd")
+
+
+@dataclass
+class Host:
+    folder: Path
+    config: Path
+    socket: Path
+    ports: dict[str, int]
+    backup_dir: Path
+    supervisord: subprocess.Popen
+
+    def supervisor(self) -> xmlrpc.client.ServerProxy:
+        from mailroom.monitoring import _UnixTransport
+
+        return xmlrpc.client.ServerProxy(
+            "http://localhost/RPC2", transport=_UnixTransport(str(self.socket), 5)
+        )
+
+    def processes(self) -> dict[str, dict]:
+        return {p["name"]: p for p in self.supervisor().supervisor.getAllProcessInfo()}
+
+    def scrape(self) -> dict[tuple[str, tuple], float]:
+        return scrape(self.ports["metrics"])
+
+    def wait_running(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {name: p["statename"] for name, p in self.processes().items()}
+            ready = all(state == "RUNNING" for state in states.values())
+            if ready:
+                try:
+                    for port in self.ports.values():
+                        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    return
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                logs = {n: (self.folder / f"{n}.log").read_text()[-2000:] for n in DAEMONS}
+                raise AssertionError(f"daemons not up: {states}\n{logs}")
+            time.sleep(0.2)
+
+
+def write_backup_status(folder: Path, last_success: float) -> None:
+    folder.mkdir(exist_ok=True)
+    status = {
+        "backup": {"ok": True, "last_success": last_success, "last_attempt": last_success - 60},
+        "check": {"ok": True, "last": last_success},
+        "verify": {"ok": True, "last_success": last_success},
+    }
+    (folder / "status.json").write_text(json.dumps(status))
+
+
+@pytest.fixture
+def mail_host(tmp_path: Path, tls_files: tuple[Path, Path]) -> Iterator[Host]:
+    ports = {name: free_port() for name in ("mx", "submission", "imap", "pop3", "metrics")}
+    # A unix socket path has at most 107 bytes: a short folder of its own.
+    run = Path(tempfile.mkdtemp(prefix="mr-sv-", dir="/tmp"))
+    sock = run / "supervisor.sock"
+    backup_dir = tmp_path / "backup"
+    write_backup_status(backup_dir, time.time() - 3600)
+    data = config_data(
+        tmp_path / "mail",
+        ports["mx"],
+        tls_files,
+        listeners=[
+            {"name": "mx", "address": "127.0.0.1", "port": ports["mx"]},
+            {"name": "submission", "address": "127.0.0.1", "port": ports["submission"]},
+        ],
+        extra={
+            "queue": {"root": str(tmp_path / "queue")},
+            # Nothing answers there: outbound mail is deferred (reason dns), never sent anywhere.
+            "delivery": {
+                "resolver": {"address": "127.0.0.1", "port": free_port()},
+                "retry_schedule": [1],
+                "scan_interval": 0.2,
+            },
+            "imap": {"listeners": [{"name": "imap", "address": "127.0.0.1", "port": ports["imap"]}]},
+            "pop3": {"listeners": [{"name": "pop3", "address": "127.0.0.1", "port": ports["pop3"]}]},
+            "metrics": {
+                "address": "127.0.0.1",
+                "port": ports["metrics"],
+                "state_dir": str(tmp_path / "metrics-state"),
+                "allow": ["127.0.0.1/32"],
+                "supervisor_socket": str(sock),
+                "backup_state_dir": str(backup_dir),
+            },
+        },
+    )
+    data["filtering"]["sender_lists"] = {"alice@example.test": {"block": ["pest.example"]}}
+    config = tmp_path / "mailroom.yml"
+    config.write_text(yaml.safe_dump(data))
+    conf = run / "supervisord.conf"
+    conf.write_text(
+        f"[unix_http_server]\nfile={sock}\nchmod=0700\n\n"
+        f"[supervisord]\nnodaemon=true\nlogfile={tmp_path}/supervisord.log\n"
+        f"pidfile={run}/supervisord.pid\nchildlogdir={tmp_path}\n\n"
+        "[rpcinterface:supervisor]\n"
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+        f"[supervisorctl]\nserverurl=unix://{sock}\n"
+        + "".join(
+            SUPERVISOR_PROGRAM.format(name=n, python=sys.executable, config=config, folder=tmp_path)
+            for n in DAEMONS
+        )
+        + f"\n[group:mailroom]\nprograms={','.join(DAEMONS)}\n"
+    )
+    supervisord = subprocess.Popen(
+        ["supervisord", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    host = Host(tmp_path, config, sock, ports, backup_dir, supervisord)
+    try:
+        deadline = time.monotonic() + 15
+        while not sock.exists():
+            assert supervisord.poll() is None, (tmp_path / "supervisord.log").read_text()
+            assert time.monotonic() < deadline, "supervisord did not open its socket"
+            time.sleep(0.1)
+        host.wait_running()
+        yield host
+    finally:
+        supervisord.terminate()
+        supervisord.wait(60)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def make_traffic(host: Host) -> None:
+    """Mail in, mail out (deferred), a blocked sender, good and bad logins on SMTP, IMAP and POP3, IDLE."""
+    from tests.conftest import PASSWORD, insecure
+
+    with smtplib.SMTP("127.0.0.1", host.ports["mx"], timeout=10) as client:
+        client.sendmail("s@remote.test", ["alice@example.test"], b"Subject: in\r\n\r\nbody\r\n")
+        client.ehlo("c.test")
+        client.mail("x@pest.example")
+        assert client.rcpt("alice@example.test")[0] == 550
+    with smtplib.SMTP("127.0.0.1", host.ports["submission"], timeout=10) as client:
+        client.starttls(context=insecure())
+        client.ehlo("client.test")
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("alice@example.test", "wrong password")
+        client.login("alice@example.test", PASSWORD)
+        client.sendmail("alice@example.test", ["friend@remote.test"], b"Subject: out\r\n\r\nbody\r\n")
+    imap = imaplib.IMAP4("127.0.0.1", host.ports["imap"], timeout=10)
+    imap.starttls(ssl_context=insecure())
+    with pytest.raises(imaplib.IMAP4.error):
+        imap.login("bob@example.test", "wrong password")
+    imap.login("alice@example.test", PASSWORD)
+    imap.select("INBOX")
+    tag = imap._new_tag().decode()
+    imap.send(f"{tag} IDLE\r\n".encode())
+    assert imap.readline().startswith(b"+")
+    host.idle = imap  # type: ignore[attr-defined]  # kept open: one session in IDLE
+    pop = poplib.POP3("127.0.0.1", host.ports["pop3"], timeout=10)
+    pop.stls(context=insecure())
+    pop.user("alice@example.test")
+    pop.pass_(PASSWORD)
+    pop.quit()
+
+
+def wait_for(host: Host, condition: Callable[[dict], bool], what: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = host.scrape()
+        if condition(samples):
+            return samples
+        if time.monotonic() > deadline:
+            names = sorted({name for name, _ in samples})
+            raise AssertionError(f"{what} not seen in {names}")
+        time.sleep(0.3)
+
+
+DASHBOARD = REPO / "monitoring" / "grafana" / "mailroom.json"
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_the_dashboard_is_json_with_the_panels_promised() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    titles = " | ".join(panel["title"].lower() for panel in dashboard["panels"])
+    for word in (
+        "messages in",
+        "messages out",
+        "queue",
+        "deliveries by outcome",
+        "authentication failures",
+        "sessions per protocol",
+        "idle",
+        "spam and virus",
+        "certificate",
+        "backup",
+        "disk",
+    ):
+        assert word in titles, word
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert all(panel["targets"] for panel in dashboard["panels"])
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed"
+)
+def test_every_dashboard_expression_parses(tmp_path: Path) -> None:
+    # promtool cannot parse a lone query offline: each one becomes a recording rule instead.
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:expr{i}", "expr": e} for i, e in enumerate(dashboard_expressions())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(dashboard_expressions())} rules found" in result.stdout
+    # And the check does catch a broken one.
+    path.write_text(
+        yaml.safe_dump({"groups": [{"name": "x", "rules": [{"record": "a:b", "expr": "sum(rate(x[5m])"}]}]})
+    )
+    assert (
+        subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, check=False).returncode
+        != 0
+    )
+
+
+@pytest.mark.skipif(shutil.which("supervisord") is None, reason="supervisor (Debian package) not installed")
+def test_every_metric_the_dashboard_shows_is_served_after_traffic(mail_host: Host) -> None:
+    make_traffic(mail_host)
+    wanted = {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        for expr in dashboard_expressions()
+        for name in re.findall(r"\b(mailroom_[a-z0-9_]+)", expr)
+    }
+    samples = wait_for(
+        mail_host,
+        lambda s: (
+            wanted <= {name for name, _ in s}
+            and value(s, "mailroom_delivery_recipients_total", outcome="deferred") >= 1
+            and value(s, "mailroom_imap_idle_sessions") == 1
+        ),
+        "every dashboard metric",
+    )
+    # What the traffic was, counted as it happened.
+    assert value(samples, "mailroom_smtp_messages_accepted_total", listener="mx") == 1
+    assert value(samples, "mailroom_filter_verdicts_total", check="sender_list", result="blocked") == 1
+    assert value(samples, "mailroom_smtp_auth_attempts_total", result="failure") >= 1  # smtplib tries two mechanisms
+    assert value(samples, "mailroom_smtp_auth_attempts_total", result="success") == 1
+    assert value(samples, "mailroom_imap_auth_attempts_total", result="failure") == 1
+    assert value(samples, "mailroom_imap_auth_attempts_total", result="success") == 1
+    assert value(samples, "mailroom_pop3_auth_attempts_total", result="success") == 1
+    assert value(samples, "mailroom_delivery_queue_messages") == 1
+    assert value(samples, "mailroom_delivery_deferrals_total", reason="dns") >= 1
+    # Read at scrape time: the certificate's notAfter, the store's filesystem, supervisor's daemons.
+    from mailroom.monitoring import certificate_expiry
+
+    cert = yaml.safe_load(mail_host.config.read_text())["tls"]["certificate"]
+    assert value(samples, "mailroom_tls_certificate_expiry_timestamp_seconds") == certificate_expiry(
+        Path(cert)
+    )
+    st = os.statvfs(mail_host.folder)
+    assert value(samples, "mailroom_store_filesystem_size_bytes") == st.f_blocks * st.f_frsize
+    assert 0 < value(samples, "mailroom_store_filesystem_free_bytes") <= st.f_blocks * st.f_frsize
+    assert value(samples, "mailroom_store_used_bytes") > 0  # alice's message at least
+    processes = mail_host.processes()
+    for daemon in DAEMONS:
+        assert value(samples, "mailroom_daemon_up", daemon=daemon) == 1
+        assert (
+            value(samples, "mailroom_daemon_start_time_seconds", daemon=daemon) == processes[daemon]["start"]
+        )
+        assert value(samples, "mailroom_daemon_restarts_total", daemon=daemon) == 0
+    assert value(samples, "mailroom_supervisor_up") == 1
+    assert value(samples, "mailroom_backup_last_success_timestamp_seconds") > 0
+    mail_host.idle.shutdown()  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(shutil.which("supervisord") is None, reason="supervisor (Debian package) not installed")
+def test_a_crashed_daemon_is_down_then_counted_as_restarted(mail_host: Host) -> None:
+    before = mail_host.scrape()
+    assert value(before, "mailroom_daemon_up", daemon="pop3d") == 1
+    old = mail_host.processes()["pop3d"]
+    # Stopped by hand: down, and no restart.
+    mail_host.supervisor().supervisor.stopProcess("mailroom:pop3d")
+    samples = mail_host.scrape()
+    assert value(samples, "mailroom_daemon_up", daemon="pop3d") == 0
+    assert value(samples, "mailroom_daemon_restarts_total", daemon="pop3d") == 0
+    mail_host.supervisor().supervisor.startProcess("mailroom:pop3d")
+    # Started again: a new pid, one restart.
+    current = mail_host.processes()["pop3d"]
+    assert current["pid"] != old["pid"]
+    assert value(mail_host.scrape(), "mailroom_daemon_restarts_total", daemon="pop3d") == 1
+    # Killed: supervisor starts it again by itself, and metricsd counts a second restart.
+    os.kill(current["pid"], signal.SIGKILL)
+    samples = wait_for(
+        mail_host,
+        lambda s: (
+            value(s, "mailroom_daemon_restarts_total", daemon="pop3d") == 2
+            and value(s, "mailroom_daemon_up", daemon="pop3d") == 1
+        ),
+        "pop3d restarted",
+    )
+    assert value(samples, "mailroom_daemon_start_time_seconds", daemon="pop3d") > old["start"]
+    assert value(samples, "mailroom_daemon_restarts_total", daemon="smtpd") == 0
