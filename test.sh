@@ -67,7 +67,7 @@ step "pytest"
 python -m pytest -p no:cacheprovider tests
 
 if [ "$molecule" = 1 ]; then
-    step "molecule test --all (Debian 12, systemd as PID 1, systemd-nspawn): default, then backup (restore on a second host)"
+    step "molecule test --all (Debian 12, systemd as PID 1, systemd-nspawn): default, backup (restore on a second host), two-hosts (mail between two appliances by MX)"
     # One Molecule run at a time on a machine: the scenarios share the bridge and the base rootfs.
     flock /tmp/mailroom-molecule.lock molecule test --all
 fi
