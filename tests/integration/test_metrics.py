@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import imaplib
 import json
 import os
@@ -476,7 +477,9 @@ def test_every_metric_the_dashboard_shows_is_served_after_traffic(mail_host: Hos
     # What the traffic was, counted as it happened.
     assert value(samples, "mailroom_smtp_messages_accepted_total", listener="mx") == 1
     assert value(samples, "mailroom_filter_verdicts_total", check="sender_list", result="blocked") == 1
-    assert value(samples, "mailroom_smtp_auth_attempts_total", result="failure") >= 1  # smtplib tries two mechanisms
+    assert (
+        value(samples, "mailroom_smtp_auth_attempts_total", result="failure") >= 1
+    )  # smtplib tries two mechanisms
     assert value(samples, "mailroom_smtp_auth_attempts_total", result="success") == 1
     assert value(samples, "mailroom_imap_auth_attempts_total", result="failure") == 1
     assert value(samples, "mailroom_imap_auth_attempts_total", result="success") == 1
@@ -533,3 +536,152 @@ def test_a_crashed_daemon_is_down_then_counted_as_restarted(mail_host: Host) -> 
     )
     assert value(samples, "mailroom_daemon_start_time_seconds", daemon="pop3d") > old["start"]
     assert value(samples, "mailroom_daemon_restarts_total", daemon="smtpd") == 0
+
+
+@pytest.fixture
+def guarded(tmp_path: Path, tls_files: tuple[Path, Path]) -> Iterator[dict]:
+    """metricsd alone, over TLS with the host certificate and behind basic auth."""
+    from mailroom.accounts import hash_password
+    from tests.conftest import SALT_KEY
+
+    port = free_port()
+    data = config_data(
+        tmp_path / "mail",
+        free_port(),
+        tls_files,
+        extra={
+            "metrics": {
+                "address": "127.0.0.1",
+                "port": port,
+                "state_dir": str(tmp_path / "metrics-state"),
+                "allow": ["127.0.0.1/32"],
+                "tls": True,
+                "basic_auth": {
+                    "user": "prometheus",
+                    "password_hash": hash_password("scrape secret", address="prometheus", salt_key=SALT_KEY),
+                },
+                "supervisor_socket": str(tmp_path / "no-supervisor.sock"),
+                "backup_state_dir": str(tmp_path / "no-backups"),
+            }
+        },
+    )
+    (tmp_path / "mail").mkdir()
+    config = tmp_path / "mailroom.yml"
+    config.write_text(yaml.safe_dump(data))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailroom.cli", "metricsd", "--config", str(config)],
+        stderr=open(tmp_path / "metricsd.log", "wb"),  # noqa: SIM115 - the child keeps it
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, (
+                    tmp_path / "metricsd.log"
+                ).read_text()
+                time.sleep(0.1)
+        yield {"port": port, "cert": tls_files[0], "config": config, "log": tmp_path / "metricsd.log"}
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def https_get(port: int, cert: Path, auth: str | None) -> tuple[int, str]:
+    import base64
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False  # the test certificate names mail.example.test, we dial 127.0.0.1
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/metrics", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("WWW-Authenticate", "")
+
+
+def test_metrics_over_tls_need_the_password(guarded: dict) -> None:
+    port, cert = guarded["port"], guarded["cert"]
+    assert https_get(port, cert, None) == (401, 'Basic realm="mailroom"')
+    assert https_get(port, cert, "prometheus:wrong")[0] == 401
+    assert https_get(port, cert, "someone:scrape secret")[0] == 401
+    status, body = https_get(port, cert, "prometheus:scrape secret")
+    assert status == 200
+    families = {f.name for f in text_string_to_metric_families(body)}
+    assert {"mailroom_tls_certificate_expiry_timestamp_seconds", "mailroom_supervisor_up"} <= families
+    assert "mailroom_daemon_up" not in families  # no supervisord to ask: no made-up answers
+    # Plain HTTP gets no metrics.
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    assert "scrape secret" not in guarded["log"].read_text()
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus (Debian package) not installed")
+def test_a_real_prometheus_scrapes_over_tls_with_basic_auth(guarded: dict, tmp_path: Path) -> None:
+    from mailroom.monitoring import scrape_config
+
+    prom_port = free_port()
+    password_file = tmp_path / "password"
+    password_file.write_text("scrape secret")
+    job = scrape_config([f"127.0.0.1:{guarded['port']}"], tls=True, basic_auth_user="prometheus")[
+        "scrape_configs"
+    ][0]
+    job["basic_auth"]["password_file"] = str(password_file)
+    # The test certificate has a Common Name and no SAN, which Go refuses to match: no name check.
+    job["tls_config"] = {"insecure_skip_verify": True}
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES / "mailroom-alerts.yml")],
+                "scrape_configs": [job],
+            }
+        )
+    )
+    prometheus = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    api = f"http://127.0.0.1:{prom_port}/api/v1"
+
+    def query(expr: str) -> list[dict]:
+        url = f"{api}/query?query={urllib.parse.quote(expr)}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())["data"]["result"]
+
+    try:
+        deadline = time.monotonic() + 30
+        result: list[dict] = []
+        while time.monotonic() < deadline:
+            try:
+                result = query(
+                    '(mailroom_tls_certificate_expiry_timestamp_seconds{job="mailroom"} - time()) / 86400'
+                )
+            except (OSError, urllib.error.URLError, KeyError):
+                result = []
+            if result:
+                break
+            time.sleep(0.5)
+        # The test certificate is valid for 2 days: the expiry alert's condition holds.
+        if not result:
+            with urllib.request.urlopen(f"{api}/targets", timeout=5) as response:
+                targets = json.loads(response.read())["data"]["activeTargets"]
+            raise AssertionError([t.get("lastError") for t in targets])
+        assert 0 < float(result[0]["value"][1]) <= 2, result
+        assert float(query('up{job="mailroom"}')[0]["value"][1]) == 1
+        assert float(query("mailroom_store_filesystem_free_bytes")[0]["value"][1]) > 0
+        assert float(query("mailroom_supervisor_up")[0]["value"][1]) == 0
+    finally:
+        prometheus.terminate()
+        prometheus.wait(20)
