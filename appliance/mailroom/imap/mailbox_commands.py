@@ -282,7 +282,7 @@ class MailboxCommands:
             self.condstore = True
         mailbox = self._mailbox()
 
-        def open_folder() -> tuple[Selected, list[str], int | None, tuple[int, int, int], list | None]:
+        def open_folder() -> tuple[Selected, int | None, tuple[int, int, int], list | None]:
             # One trip to the worker thread for everything SELECT reports (each trip costs a
             # thread hand-off, which on a busy machine is most of a small SELECT's time).
             folder = mailbox.folder(command.mailbox)
@@ -290,23 +290,14 @@ class MailboxCommands:
             selected.open()
             state = (folder.uidvalidity, folder.uidnext, folder.highestmodseq)
             infos = selected.infos() if command.qresync is not None else None
-            return selected, folder.keywords, selected.first_unseen(), state, infos
+            return selected, selected.first_unseen(), state, infos
 
         try:
-            selected, keywords, first_unseen, state, infos = await self.io(open_folder)
+            selected, first_unseen, state, infos = await self.io(open_folder)
         except (NoSuchFolder, InvalidFolderName):
             return _no("No such folder", b"NONEXISTENT")
         uidvalidity, uidnext, highest = state
-        system = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
-        self.write(r.flags([*system, *keywords]))
-        permanent = [] if readonly else [*system, *keywords]
-        if not readonly and len(keywords) < 26:
-            permanent.append("\\*")
-        self.write(
-            r.untagged_status(
-                "OK", "Flags permitted", r.code("PERMANENTFLAGS", [r.Atom(f) for f in permanent])
-            )
-        )
+        self.write(selected.flags_announcement())
         self.write(r.exists(selected.exists))
         self.write(r.recent(0))
         if first_unseen is not None:

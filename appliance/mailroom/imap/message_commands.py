@@ -239,7 +239,7 @@ class MessageCommands:
                 else:
                     targets.append((seq, uid))
         result = selected.folder.store_flags([uid for _, uid in targets], flags, mode)
-        out = bytearray()
+        out = bytearray(selected.keyword_update())  # FLAGS before a FETCH with a new keyword
         for seq, uid in targets:
             if uid not in result:
                 continue

@@ -17,10 +17,12 @@ from collections.abc import Iterable
 from operator import attrgetter
 
 from ..store import Folder, MessageInfo
+from ..store.folder import MAX_KEYWORDS
 from .protocol import SequenceSet
 from .protocol import responses as r
 
 _UID = attrgetter("uid")
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 class Selected:
@@ -31,10 +33,30 @@ class Selected:
         self.uids = array("I")
         self.pending_expunge: set[int] = set()  # expunged elsewhere, not yet reported
         self.saved: list[int] | None = None  # SEARCHRES `$`, as UIDs (RFC 5182)
+        self.keywords: list[str] = []  # as last announced in FLAGS
 
     def open(self) -> None:
         result = self.folder.sync()
         self.uids = array("I", sorted(result.new_uids))
+        self.keywords = self.folder.keywords
+
+    def flags_announcement(self) -> bytes:
+        """FLAGS and PERMANENTFLAGS: at SELECT, and again whenever a keyword is defined."""
+        defined = [*SYSTEM_FLAGS, *self.keywords]
+        permanent = [] if self.readonly else list(defined)
+        if not self.readonly and len(self.keywords) < MAX_KEYWORDS:
+            permanent.append("\\*")
+        code = r.code("PERMANENTFLAGS", [r.Atom(f) for f in permanent])
+        return r.flags(defined) + r.untagged_status("OK", "Flags permitted", code)
+
+    def keyword_update(self) -> bytes:
+        """A new FLAGS response if the folder's keywords changed (RFC 3501 7.2.6: the client
+        records it; a FETCH naming a keyword it has not seen in FLAGS confuses some clients)."""
+        keywords = self.folder.keywords
+        if keywords == self.keywords:
+            return b""
+        self.keywords = keywords
+        return self.flags_announcement()
 
     # ----------------------------------------------------------------- numbering
 
@@ -122,7 +144,7 @@ class Selected:
     def updates(self, *, expunge: bool, condstore: bool, qresync: bool) -> bytes:
         """Untagged responses for what changed since the last call (and our own expunges)."""
         result = self.folder.sync()
-        out = bytearray()
+        out = bytearray(self.keyword_update())
         self.pending_expunge.update(result.expunged_uids)
         if expunge and self.pending_expunge:
             out += self.forget(self.pending_expunge, qresync=qresync)
