@@ -298,7 +298,6 @@ def test_rename_inbox_moves_the_messages_and_keeps_inbox(imapd: Imapd) -> None:
     conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="CREATE with a trailing separator")
 def test_delete_with_children_and_create_with_trailing_separator(imapd: Imapd) -> None:
     conn = Conn(imapd)
     conn.ok("CREATE Parent.")  # RFC 3501 6.3.3: the name without the trailing separator

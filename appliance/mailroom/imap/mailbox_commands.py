@@ -83,12 +83,15 @@ class MailboxCommands:
     # ----------------------------------------------------------------- the folder tree
 
     async def do_create(self: Session, command: c.Create) -> Reply:
+        # RFC 3501 6.3.3: a trailing separator only declares that names will be created below;
+        # a server that does not need the declaration must ignore it.
+        name = command.mailbox[:-1] if command.mailbox.endswith(SEPARATOR) else command.mailbox
         if command.special_use:
-            wanted = self._mailbox().special_use(command.mailbox) if _valid(command.mailbox) else None
+            wanted = self._mailbox().special_use(name) if _valid(name) else None
             if any(use != wanted for use in command.special_use):
                 return _no("Special-use folders are the standard names (Sent, Drafts, ...)", b"USEATTR")
         try:
-            await self.io(self._mailbox().create, command.mailbox)
+            await self.io(self._mailbox().create, name)
         except FolderExists:
             return _no("Folder exists", b"ALREADYEXISTS")
         except InvalidFolderName as exc:
