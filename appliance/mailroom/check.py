@@ -204,7 +204,7 @@ def check_backup(state_dir: Path, now: float | None = None) -> Result:
     last = (status.get("backup") or {}).get("last_success")
     if not last:
         return Result(
-            "backup", FAIL, "no backup has succeeded yet: run `mailroom backup create` and see its log."
+            "backup", FAIL, "no backup has succeeded yet: run `mailroom backup run` and see its log."
         )
     age = now - float(last)
     if age > BACKUP_FAIL_AGE:

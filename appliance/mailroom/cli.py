@@ -598,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     self_test.set_defaults(func=self_check)
 
-    monitoring = commands.add_parser("monitoring", help="Prometheus integration")
+    monitoring = commands.add_parser("monitoring", help="what Prometheus needs to watch this host")
     monitoring_actions = monitoring.add_subparsers(dest="action", required=True, metavar="ACTION")
     scrape = monitoring_actions.add_parser(
         "scrape-config", help="print the Prometheus scrape job for this host's metrics endpoint"
