@@ -183,11 +183,20 @@ class MailboxCommands:
         subscriptions = await self.io(mailbox.subscriptions)
         existing = {f.name: f for f in await self.io(mailbox.folders)}
         pattern = _pattern(command.reference, command.pattern)
+        listed = set(subscriptions)
+        percent = "%" in command.reference + command.pattern
         for name in subscriptions:
             if pattern.match(name):
                 info = existing.get(name)
                 attributes = ["\\Noselect"] if info is None or "\\Noselect" in info.attributes else []
                 self.write(r.list_response(name, attributes, kind="LSUB"))
+                continue
+            # RFC 3501 6.3.9: with "%", the unsubscribed parent that the pattern reaches instead
+            # of the subscribed name ("foo" for "foo/bar"), flagged \Noselect.
+            for parent in parent_names(name) if percent else ():
+                if parent not in listed and pattern.match(parent):
+                    listed.add(parent)
+                    self.write(r.list_response(parent, ["\\Noselect"], kind="LSUB"))
         return _ok("LSUB completed")
 
     # ----------------------------------------------------------------- STATUS
