@@ -10,7 +10,17 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from ..store import FolderError, FolderExists, InvalidFlag, InvalidFolderName, Mailbox, NoSuchFolder
+from ..store import (
+    Folder,
+    FolderError,
+    FolderExists,
+    InvalidFlag,
+    InvalidFolderName,
+    Mailbox,
+    NoSuchFolder,
+    TooManyKeywords,
+)
+from ..store.folder import Mode
 from ..store.maildir import Maildir
 from ..store.names import INBOX, SEPARATOR, normalize, parent_names
 from .base import Reply, State
@@ -260,16 +270,24 @@ class MailboxCommands:
             usage = await self.io(Maildir(mailbox.root).usage)
             if usage + total > self.user.quota_bytes:
                 return _no("Over quota", b"OVERQUOTA")
-        uids = []
+        if any(m.binary and b"\0" in m.message for m in messages):
+            # A literal8 (RFC 3516) may carry NUL, which no IMAP literal may carry back out in
+            # FETCH; BINARY is not offered, so such a message is refused rather than stored.
+            return _bad("NUL in the message: BINARY is not supported")
+        uids: list[int] = []
         try:
             for m in messages:
                 data = m.message.replace(b"\r\n", b"\n")  # the store keeps LF (see maildir.py)
                 when = m.internal_date.timestamp() if m.internal_date else None
                 flags = [f for f in m.flags or () if f.lower() != "\\recent"]
                 uids.append(await self.io(folder.append, data, flags, when))
-        except InvalidFlag as exc:
-            return _no(f"Invalid flag: {exc}")
         except FolderError as exc:
+            if uids:  # RFC 3502 6.3.11: a failed MULTIAPPEND appends none of the messages
+                await self.io(_discard, folder, uids)
+            if isinstance(exc, InvalidFlag):
+                return _no(f"Invalid flag: {exc}")
+            if isinstance(exc, TooManyKeywords):  # not TRYCREATE: creating the folder won't help
+                return _no(f"Cannot append: {exc}", b"LIMIT")
             return _no(f"Cannot append: {exc}", b"TRYCREATE")
         code = r.code("APPENDUID", folder.uidvalidity, r.uid_set(uids))
         return _ok("APPEND completed", code)
@@ -350,6 +368,11 @@ class MailboxCommands:
                         seq, info.uid, info.flags, info.modseq, condstore=True, with_uid=True
                     )
                 )
+
+
+def _discard(folder: Folder, uids: list[int]) -> None:
+    folder.store_flags(uids, ["\\Deleted"], Mode.ADD)
+    folder.expunge(uids)
 
 
 def _valid(name: str) -> bool:
