@@ -477,3 +477,42 @@ def test_id_enable_namespace_compress_logout_and_state_errors(imapd: Imapd) -> N
     assert conn.line().startswith(b"* BYE")
     assert conn.line().startswith(b"t9 OK")
     conn.close()
+
+
+def test_a_failed_search_save_empties_the_saved_result(imapd: Imapd) -> None:
+    fill(imapd, 2)
+    conn = Conn(imapd)
+    conn.ok("SELECT INBOX")
+    conn.ok("SEARCH RETURN (SAVE) ALL")
+    assert conn.ok("FETCH $ (UID)").count(b"FETCH") == 2
+    tagged, _ = conn.cmd("SEARCH RETURN (SAVE) CHARSET KOI8-R ALL")
+    assert tagged.startswith(b"NO [BADCHARSET"), tagged
+    assert conn.ok("FETCH $ (UID)") == b""  # RFC 5182 2.1: a failed SEARCH saves the empty set
+    conn.close()
+
+
+def test_folder_tree_edge_cases(imapd: Imapd) -> None:
+    fill(imapd, 1)
+    conn = Conn(imapd)
+    conn.ok("CREATE A")
+    tagged, _ = conn.cmd("RENAME A A.B")  # into its own child
+    assert tagged.startswith(b"NO"), tagged
+    tagged, _ = conn.cmd("DELETE INBOX")
+    assert tagged.startswith(b"NO"), tagged
+    conn.ok("CREATE INBOX.Sub")
+    conn.ok("RENAME INBOX Moved")  # RFC 3501 6.3.5: the children of INBOX stay where they are
+    listing = conn.ok('LIST "" *')
+    assert b"INBOX.Sub" in listing and b"Moved.Sub" not in listing, listing
+    assert b"(MESSAGES 1)" in conn.ok("STATUS Moved (MESSAGES)")
+    conn.close()
+
+
+def test_esearch_without_matches_and_search_modseq_without_matches(imapd: Imapd) -> None:
+    fill(imapd, 1)
+    conn = Conn(imapd)
+    conn.ok("SELECT INBOX")
+    tag = f"t{conn.count + 1}"
+    untagged = conn.ok("UID SEARCH RETURN (MIN MAX COUNT) SUBJECT nothing-like-this")
+    assert untagged == f'* ESEARCH (TAG "{tag}") UID COUNT 0\r\n'.encode(), untagged
+    assert conn.ok("SEARCH MODSEQ 999999") == b"* SEARCH\r\n"
+    conn.close()

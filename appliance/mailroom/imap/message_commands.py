@@ -359,6 +359,8 @@ class MessageCommands:
 
     async def do_search(self: Session, command: c.Search) -> Reply:
         if not engine.charset_supported(command.charset):
+            if any(o.upper() == "SAVE" for o in command.return_options or ()):
+                self._sel().saved = []  # RFC 5182 2.1: a SAVE search answered NO saves nothing
             return no("Unsupported charset", BADCHARSET)
         selected = self._sel()
         with_modseq = engine.mentions_modseq(command.keys)
