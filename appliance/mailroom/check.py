@@ -201,7 +201,10 @@ def check_backup(state_dir: Path, now: float | None = None) -> Result:
         status = backup.read_status(state_dir / backup.STATUS_FILE)
     except (OSError, ValueError) as exc:
         return Result("backup", FAIL, f"the backup status cannot be read: {exc}.")
-    last = (status.get("backup") or {}).get("last_success")
+    runs = status.get("backup") or {}
+    last = runs.get("last_success")
+    if not last and not runs.get("last_attempt"):
+        return Result("backup", WARN, "backups are set up but none has run yet (`mailroom backup run`).")
     if not last:
         return Result(
             "backup", FAIL, "no backup has succeeded yet: run `mailroom backup run` and see its log."

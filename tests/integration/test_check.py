@@ -112,3 +112,20 @@ def test_a_broken_configuration_fails_naming_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stdout == "" and str(config) in result.stderr
+
+
+def test_backup_states(tmp_path: Path) -> None:
+    state = tmp_path / "backup"
+    now = time.time()
+    assert check.check_backup(state, now).status == "OK"  # not set up: nothing to say
+    state.mkdir()
+    fresh = check.check_backup(state, now)
+    assert fresh.status == "WARN" and "none has run yet" in fresh.message
+    (state / "status.json").write_text(json.dumps({"backup": {"ok": False, "last_attempt": now - 60}}))
+    assert check.check_backup(state, now).status == "FAIL"
+    write_backup_status(state, now - 3600)
+    assert check.check_backup(state, now).status == "OK"
+    assert check.check_backup(state, now + 26 * 3600).status == "FAIL"
+    (state / "status.json").write_text("{not json")
+    broken = check.check_backup(state, now)
+    assert broken.status == "FAIL" and "cannot be read" in broken.message
