@@ -685,3 +685,26 @@ def test_a_real_prometheus_scrapes_over_tls_with_basic_auth(guarded: dict, tmp_p
     finally:
         prometheus.terminate()
         prometheus.wait(20)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "key"),
+    [
+        ({"tls": True}, "metrics.tls"),
+        ({"tls": "yes"}, "metrics.tls"),
+        (
+            {"basic_auth": {"user": "prometheus", "password_hash": "plain password"}},
+            "metrics.basic_auth.password_hash",
+        ),
+        ({"basic_auth": {"user": "a:b", "password_hash": "$argon2id$x"}}, "metrics.basic_auth.user"),
+        ({"basic_auth": {"user": "prometheus"}}, "metrics.basic_auth.password_hash"),
+        ({"supervisor_socket": "relative.sock"}, "metrics.supervisor_socket"),
+    ],
+)
+def test_bad_metrics_settings_are_refused_naming_the_key(tmp_path: Path, metrics: dict, key: str) -> None:
+    from mailroom.config import ConfigError, parse
+
+    data = config_data(tmp_path / "mail", free_port(), None, extra={"metrics": metrics})
+    with pytest.raises(ConfigError) as info:
+        parse(data)
+    assert str(info.value).startswith(key), str(info.value)
