@@ -8,6 +8,7 @@ import base64
 import re
 import socket
 import ssl
+import zlib
 from email.utils import parsedate_to_datetime
 
 from tests.conftest import PASSWORD, insecure
@@ -516,3 +517,51 @@ def test_esearch_without_matches_and_search_modseq_without_matches(imapd: Imapd)
     assert untagged == f'* ESEARCH (TAG "{tag}") UID COUNT 0\r\n'.encode(), untagged
     assert conn.ok("SEARCH MODSEQ 999999") == b"* SEARCH\r\n"
     conn.close()
+
+
+def test_compress_twice_and_sasl_ir_empty_response(imapd: Imapd) -> None:
+    conn = Conn(imapd, login=False)
+    tagged, _ = conn.cmd("AUTHENTICATE PLAIN =")  # RFC 4959: "=" is an empty initial response
+    assert tagged.startswith(b"NO"), tagged
+    conn.ok(f'LOGIN "{ALICE}" "{PASSWORD}"')
+    conn.ok("COMPRESS DEFLATE")
+    deflate, inflate = zlib.compressobj(6, zlib.DEFLATED, -15), zlib.decompressobj(-15)
+    conn.send(deflate.compress(b"c2 COMPRESS DEFLATE\r\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
+    reply = b""
+    while b"\r\n" not in reply:
+        reply += inflate.decompress(conn.sock.recv(4096))
+    assert reply.startswith(b"c2 NO [COMPRESSIONACTIVE]"), reply
+    conn.close()
+
+
+def test_store_reports_flags_even_if_unchanged_and_refuses_noselect(imapd: Imapd) -> None:
+    fill(imapd, 1)
+    conn = Conn(imapd)
+    conn.ok("CREATE P.C")
+    conn.ok("DELETE P")
+    tagged, _ = conn.cmd("SELECT P")  # \Noselect
+    assert tagged.startswith(b"NO"), tagged
+    tagged, _ = conn.cmd("CREATE INBOX")
+    assert tagged.startswith(b"NO"), tagged
+    conn.ok("ENABLE CONDSTORE")
+    conn.ok("SELECT INBOX")
+    conn.ok("STORE 1 +FLAGS (\\Seen)")
+    untagged = conn.ok("STORE 1 +FLAGS (\\Seen)")  # RFC 3501 6.4.6: the FETCH comes anyway
+    assert re.match(rb"\* 1 FETCH \(FLAGS \(\\Seen\) MODSEQ \(\d+\)\)\r\n\Z", untagged), untagged
+    untagged = conn.ok("STORE 1 +FLAGS (\\Recent)")
+    conn.close()
+
+
+def test_idle_with_condstore_carries_modseq(imapd: Imapd) -> None:
+    fill(imapd, 1)
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("SELECT INBOX (CONDSTORE)")
+    other.ok("SELECT INBOX")
+    conn.send(b"i1 IDLE\r\n")
+    assert conn.line().startswith(b"+ ")
+    other.ok("STORE 1 +FLAGS (\\Answered)")
+    assert re.match(rb"\* 1 FETCH \(FLAGS \(\\Answered\) MODSEQ \(\d+\)\)\r\n", conn.line())
+    conn.send(b"DONE\r\n")
+    assert conn.until("i1")[0].startswith(b"OK")
+    conn.close()
+    other.close()
