@@ -184,6 +184,18 @@ CASES = {
         _setting("mailroom_metrics_allow", ["everyone"]),
         ["mailroom_metrics_allow must list the networks"],
     ),
+    "smarthost on port 25": (
+        _setting("mailroom_smarthost", {"host": "smtp.provider.test", "port": 25}),
+        ["mailroom_smarthost", "587, 465"],
+    ),
+    "smarthost username without a password": (
+        _setting("mailroom_smarthost", {"host": "smtp.provider.test", "username": "me"}),
+        ["mailroom_smarthost must be {}", "username and password together"],
+    ),
+    "srs domain outside the mail domains": (
+        _setting("mailroom_srs_domain", "example.org"),
+        ["mailroom_srs_domain ('example.org') must be one of mailroom_domains"],
+    ),
 }
 
 
