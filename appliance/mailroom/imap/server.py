@@ -8,6 +8,7 @@ A session that fails is logged and closed; the daemon keeps going.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from .session import TLS_HANDSHAKE_TIMEOUT, Session
 from .watcher import FolderWatcher
 
 log = logging.getLogger("mailroom.imap")
+GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's default: 700)
 
 
 def serve(config: Config) -> None:
@@ -124,4 +126,11 @@ def serve(config: Config) -> None:
         await asyncio.gather(*sessions, return_exceptions=True)
         watcher.close()
 
+    # A folder listing is 100,000 small objects per 100,000 messages, all long-lived: with the
+    # default thresholds the cyclic garbage collector walks them again and again while a big
+    # folder is scanned (a quarter of a cold SELECT). Collect less often, and never the
+    # objects that exist at start-up.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
     daemon.run_workers(config.imap_workers, main)

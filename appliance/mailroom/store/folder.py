@@ -33,6 +33,12 @@ Rebuild
     renames and the state write, or a restore whose state file is older than some messages), and
     duplicate U= values (a file copied by hand) get a fresh UID for all but one of them.
 
+Durability
+    A message and its UID are on disk before anyone is told about them: new files, the renames
+    that give UIDs, expunges and the state file that records UIDNEXT are fsynced. Flag changes
+    are not (Dovecot does not fsync them either): after a crash the last flag changes may be
+    gone, and a state file older than the names is healed from them (see Rebuild).
+
 Locking
     ``flock(LOCK_EX)`` on ``mailroom-lock`` around every change: UID assignment, flag renames,
     expunge, append, copy into the folder, state writes. A full rescan of cur/ holds
@@ -62,6 +68,7 @@ Sharing within a process
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import fcntl
 import itertools
@@ -314,13 +321,26 @@ _LOG_MAX = 200_000
 
 
 class _Registry:
-    """The shared listings of this process, by (path, device, inode of cur/)."""
+    """The shared listings of this process, by (path, device, inode of cur/).
+
+    A listing lives while a Folder uses it, and the last RECENT_LISTINGS used stay alive after
+    that: an IMAP client that selects folder after folder would otherwise make every SELECT
+    parse the whole folder again (2 s for 100,000 messages)."""
+
+    RECENT_LISTINGS = 16
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.listings: weakref.WeakValueDictionary[tuple[str, int, int], _Listing] = (
             weakref.WeakValueDictionary()
         )
+        self.recent: collections.OrderedDict[tuple[str, int, int], _Listing] = collections.OrderedDict()
+
+    def keep(self, key: tuple[str, int, int], listing: _Listing) -> None:
+        self.recent[key] = listing
+        self.recent.move_to_end(key)
+        while len(self.recent) > self.RECENT_LISTINGS:
+            self.recent.popitem(last=False)
 
 
 _registry = _Registry()
@@ -340,6 +360,7 @@ def _shared_listing(path: Path) -> _Listing:
         listing = _registry.listings.get(key)
         if listing is None:
             listing = _registry.listings[key] = _Listing(path, (cur.st_dev, cur.st_ino))
+        _registry.keep(key, listing)
         return listing
 
 
@@ -365,6 +386,7 @@ class _Listing:
         self._by_name: dict[str, MessageInfo] = {}
         self._by_uid: dict[int, MessageInfo] = {}
         self._sorted: list[MessageInfo] | None = None
+        self._uids: tuple[int, array] | None = None  # (version, sorted UIDs) for first syncs
         self._state_path = str(self.path / STATE_FILE)
         self._cur_path = str(self.path / "cur")
         self._new_path = str(self.path / "new")
@@ -417,8 +439,10 @@ class _Listing:
                 fresh_infos.append(fresh)
                 result[uid] = (fresh.flags, fresh.modseq)
             if fresh_infos:
-                fsync_dir(self.path / "cur")
-                self._write_state(_State(state.uidvalidity, state.uidnext, modseq))
+                # Flag changes are not fsynced (nor are Dovecot's): a crash may lose the last
+                # ones, never a message or a UID. A state file older than the names, or torn, is
+                # healed from the names on the next scan (see Rebuild).
+                self._write_state(_State(state.uidvalidity, state.uidnext, modseq), durable=False)
         return result, fresh_infos
 
     # ----------------------------------------------------------------- scanning
@@ -435,6 +459,13 @@ class _Listing:
             if self._sorted is None:
                 self._sorted = [self._by_uid[uid] for uid in sorted(self._by_uid)]
             return list(self._sorted)
+
+    def uid_array(self) -> array:
+        """A new array of all UIDs, ascending (callers own it)."""
+        with self.mutex:
+            if self._uids is None or self._uids[0] != self.version:
+                self._uids = (self.version, array("I", sorted(self._by_uid)))
+            return array("I", self._uids[1])
 
     def message(self, uid: int) -> MessageInfo:
         with self.mutex:
@@ -583,9 +614,14 @@ class _Listing:
         # +1: an expunge after the last flag change bumped it without leaving an M= behind.
         return _State(uidvalidity, max_uid + 1, max_modseq + 1)
 
-    def _write_state(self, state: _State) -> None:
+    def _write_state(self, state: _State, durable: bool = True) -> None:
         raw = state.dump()
-        _replace_synced(self.path / STATE_FILE, raw)
+        if durable:
+            _replace_synced(self.path / STATE_FILE, raw)
+        else:
+            tmp = self.path / f"{STATE_FILE}.tmp"
+            tmp.write_bytes(raw)
+            os.replace(tmp, self.path / STATE_FILE)
         self._state = state
         cur = os.stat(self.path / "cur")
         self._snapshot = (raw, cur.st_ino, cur.st_mtime_ns)
@@ -885,6 +921,11 @@ class Folder:
 
     def _sync_all(self, listing: _Listing) -> SyncResult:
         """First sync, or the change log no longer reaches back to our last one: compare all."""
+        if not self._known and not self._own:
+            # First sync of this object: everything is new. Copies in C, no loop per message
+            # (a warm SELECT of 100,000 messages).
+            self._known = listing.uid_array()
+            return SyncResult(self._known.tolist(), [], {})
         current = listing.messages()
         known = set(self._known)
         new = [info.uid for info in current if info.uid not in known]
