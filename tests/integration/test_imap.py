@@ -4,6 +4,7 @@ MOVE, EXPUNGE, APPEND, IDLE, CONDSTORE/QRESYNC, and what several sessions see of
 from __future__ import annotations
 
 import imaplib
+import os
 import re
 import socket
 import subprocess
@@ -42,8 +43,11 @@ class Imapd:
         local, domain = address.split("@")
         return self.store / domain / local
 
-    def deliver(self, address: str, data: bytes) -> None:
-        Maildir(self.maildir(address)).deliver(data)
+    def deliver(self, address: str, data: bytes, when: float | None = None) -> None:
+        """Deliver as smtpd does; `when` sets the INTERNALDATE (the file's mtime)."""
+        name = Maildir(self.maildir(address)).deliver(data)
+        if when is not None:
+            os.utime(self.maildir(address) / "new" / name, (when, when))
 
     def folder(self, address: str, name: str = "") -> Folder:
         return Folder(self.maildir(address) / (f".{name}" if name else ""))
@@ -499,12 +503,13 @@ def test_append_larger_than_the_limit_is_refused_before_sending(imapd: Imapd) ->
 
 
 def test_sort_thread_and_searchres(imapd: Imapd) -> None:
-    imapd.deliver(ALICE, message("b topic", "first\n"))
-    imapd.deliver(ALICE, message("a topic", "second\n", sender="aaron@example.org"))
+    # Distinct arrival times: messages in the same second tie, and ties keep mailbox order.
+    imapd.deliver(ALICE, message("b topic", "first\n"), when=1_700_000_000)
+    imapd.deliver(ALICE, message("a topic", "second\n", sender="aaron@example.org"), when=1_700_000_100)
     reply = message("Re: b topic", "third\n").replace(
         b"\n\nthird", b"\nIn-Reply-To: <b.topic@example.org>\nReferences: <b.topic@example.org>\n\nthird"
     )
-    imapd.deliver(ALICE, reply)
+    imapd.deliver(ALICE, reply, when=1_700_000_200)
     client = imapd.client()
     client.select("INBOX")
     typ, data = client.sort("(SUBJECT)", "UTF-8", "ALL")
