@@ -137,8 +137,8 @@ CASES = {
         ["mailroom_users[0].address: 'alice@example.org'", "domain is one of mailroom_domains"],
     ),
     "unknown tls mode": (
-        _setting("mailroom_tls_mode", "acme"),
-        ["mailroom_tls_mode", "acme", "selfsigned, provided"],
+        _setting("mailroom_tls_mode", "letsencrypt"),
+        ["mailroom_tls_mode", "letsencrypt", "selfsigned, provided, acme"],
     ),
     "missing password": (
         _user(address="alice@example.test"),
