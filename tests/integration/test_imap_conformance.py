@@ -565,3 +565,15 @@ def test_idle_with_condstore_carries_modseq(imapd: Imapd) -> None:
     assert conn.until("i1")[0].startswith(b"OK")
     conn.close()
     other.close()
+
+
+def test_status_deleted_storage_with_quota_res_storage(imapd: Imapd) -> None:
+    fill(imapd, 2)
+    conn = Conn(imapd)
+    assert b"QUOTA=RES-STORAGE" in conn.ok("CAPABILITY")
+    conn.ok("SELECT INBOX")
+    conn.ok("STORE 1 +FLAGS (\\Deleted)")
+    # RFC 9208 5.1.1: with the STORAGE resource, STATUS DELETED-STORAGE (units of 1024 octets).
+    untagged = conn.ok("STATUS INBOX (DELETED DELETED-STORAGE)")
+    assert untagged == b"* STATUS INBOX (DELETED 1 DELETED-STORAGE 1)\r\n", untagged
+    conn.close()

@@ -231,6 +231,8 @@ class MailboxCommands:
                 out[item] = folder.highestmodseq
             elif item == "DELETED":
                 out[item] = sum(1 for m in messages if "\\Deleted" in m.flags)
+            elif item == "DELETED-STORAGE":  # RFC 9208 4.3.2, in 1024-octet units as STORAGE
+                out[item] = -(-sum(m.wire_size for m in messages if "\\Deleted" in m.flags) // 1024)
             elif item == "SIZE":
                 out[item] = sum(m.wire_size for m in messages)
             elif item == "APPENDLIMIT":

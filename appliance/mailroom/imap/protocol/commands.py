@@ -32,6 +32,7 @@ STATUS_ITEMS = frozenset(
         "HIGHESTMODSEQ",
         "SIZE",
         "DELETED",
+        "DELETED-STORAGE",
         "APPENDLIMIT",
     ]
 )
