@@ -126,6 +126,8 @@ def test_fetch_changedsince_implies_modseq_and_unsolicited_fetch_carries_modseq(
 def test_select_condstore_reports_highestmodseq_and_search_modseq(imapd: Imapd) -> None:
     fill(imapd, 2)
     conn = Conn(imapd)
+    # RFC 7162 3.1.2.1: HIGHESTMODSEQ on every successful SELECT/EXAMINE, CONDSTORE or not.
+    assert b"* OK [HIGHESTMODSEQ " in conn.ok("EXAMINE INBOX")
     untagged = conn.ok("SELECT INBOX (CONDSTORE)")
     assert b"[HIGHESTMODSEQ " in untagged and b"NOMODSEQ" not in untagged
     conn.ok("STORE 2 +FLAGS (\\Flagged)")

@@ -336,8 +336,8 @@ class MailboxCommands:
             self.write(r.untagged_status("OK", "First unseen", r.code("UNSEEN", first_unseen)))
         self.write(r.untagged_status("OK", "UIDs valid", r.code("UIDVALIDITY", uidvalidity)))
         self.write(r.untagged_status("OK", "Predicted next UID", r.code("UIDNEXT", uidnext)))
-        if self.condstore:
-            self.write(r.untagged_status("OK", "Highest", r.code("HIGHESTMODSEQ", highest)))
+        # RFC 7162 3.1.2.1: a server that keeps modseqs sends it on every successful SELECT.
+        self.write(r.untagged_status("OK", "Highest", r.code("HIGHESTMODSEQ", highest)))
         if command.qresync is not None and infos is not None:
             self._qresync_report(selected, infos, command.qresync)
         self.selected = selected
