@@ -579,3 +579,36 @@ def test_status_deleted_storage_with_quota_res_storage(imapd: Imapd) -> None:
     untagged = conn.ok("STATUS INBOX (DELETED DELETED-STORAGE)")
     assert untagged == b"* STATUS INBOX (DELETED 1 DELETED-STORAGE 1)\r\n", untagged
     conn.close()
+
+
+def test_done_pipelined_with_the_next_command_and_close_after_examine(imapd: Imapd) -> None:
+    fill(imapd, 1)
+    conn = Conn(imapd)
+    conn.ok("SELECT INBOX")
+    conn.ok("STORE 1 +FLAGS (\\Deleted)")
+    conn.send(b"i1 IDLE\r\n")
+    assert conn.line().startswith(b"+ ")
+    conn.send(b"DONE\r\nn1 NOOP\r\n")
+    assert conn.until("i1")[0].startswith(b"OK")
+    assert conn.until("n1")[0].startswith(b"OK")
+    conn.ok("EXAMINE INBOX")
+    conn.ok("CLOSE")  # read-only: CLOSE does not expunge (RFC 3501 6.4.2)
+    assert b"(MESSAGES 1)" in conn.ok("STATUS INBOX (MESSAGES)")
+    conn.close()
+
+
+def test_rename_of_the_selected_folder_here_and_elsewhere(imapd: Imapd) -> None:
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("CREATE Work")
+    data = message("work")
+    conn.ok(b"APPEND Work {%d+}\r\n%b" % (len(data), data))
+    conn.ok("SELECT Work")
+    other.ok("SELECT Work")
+    conn.ok("RENAME Work Done")  # the session follows its folder
+    conn.ok("STORE 1 +FLAGS (\\Flagged)")
+    assert b"* 1 FETCH (FLAGS (\\Flagged))" in conn.ok("FETCH 1 (FLAGS)")
+    # The other session's folder is gone from under it: BYE, not a silent change of state.
+    other.send(b"x1 NOOP\r\n")
+    assert other.line().startswith(b"* BYE"), other.buf
+    conn.close()
+    other.close()

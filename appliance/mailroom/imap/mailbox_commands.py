@@ -121,13 +121,18 @@ class MailboxCommands:
 
     async def do_rename(self: Session, command: c.Rename) -> Reply:
         try:
-            await self.io(self._mailbox().rename, command.mailbox, command.new_name)
+            renamed = await self.io(self._mailbox().rename, command.mailbox, command.new_name)
         except NoSuchFolder:
             return _no("No such folder", b"NONEXISTENT")
         except FolderExists:
             return _no("Target folder exists", b"ALREADYEXISTS")
         except InvalidFolderName as exc:
             return _no(str(exc), b"CANNOT")
+        selected = self.selected
+        if selected and _same(selected.name, command.mailbox) and not _same(command.mailbox, INBOX):
+            # The selected folder moved, UIDs and UIDVALIDITY with it: the session follows it.
+            renamed.continue_from(selected.folder)
+            selected.folder, selected.name = renamed, command.new_name
         return _ok("RENAME completed")
 
     async def do_subscribe(self: Session, command: c.Subscribe) -> Reply:

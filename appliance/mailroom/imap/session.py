@@ -348,11 +348,12 @@ class Session(MailboxCommands, MessageCommands):
             expunge = uid or not isinstance(command, NO_EXPUNGE)
             try:
                 await self.send_updates(expunge=expunge)
-            except Exception:  # the folder went away (deleted by another session): say so, go on
+            except Exception:  # the folder went away (deleted or renamed by another session)
+                # The client cannot be told that it left the selected state; it must reconnect
+                # (RFC 2180 3.3, what Dovecot does too).
                 log.exception("updates failed user=%s folder=%s", self.address, self.selected.name)
-                self.selected = None
-                self.state = State.AUTHENTICATED
-                self.write(r.untagged_status("NO", "The selected folder is gone"))
+                self.write(r.untagged_status("BYE", "The selected folder was deleted or renamed"))
+                raise Closed from None
         self.write(r.tagged(command.tag, reply.status, reply.text, reply.code))
         metrics.IMAP_COMMANDS.labels(name, reply.status).inc()
         await self.flush()

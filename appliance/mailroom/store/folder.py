@@ -938,6 +938,12 @@ class Folder:
         self._known = array("I", (info.uid for info in current))
         return SyncResult(new, gone, changed)
 
+    def continue_from(self, other: Folder) -> None:
+        """Report changes relative to what `other` reported: the same folder under its name
+        before a RENAME (the next sync() compares everything, as after a gap in the log)."""
+        self._known = array("I", other._known)
+        self._seen_modseq = other._seen_modseq
+
     def _knows(self, uid: int) -> bool:
         at = bisect.bisect_left(self._known, uid)
         return at < len(self._known) and self._known[at] == uid
