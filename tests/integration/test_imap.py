@@ -371,18 +371,16 @@ def test_two_sessions_see_each_others_changes(imapd: Imapd) -> None:
     two.logout()
 
 
-def test_idle_reports_new_mail_within_a_second(imapd: Imapd) -> None:
+def test_idle_reports_new_mail_without_a_command(imapd: Imapd) -> None:
     client = imapd.client()
     client.select("INBOX")
     sock = client.socket()
     sock.sendall(b"i1 IDLE\r\n")
     assert client.readline().startswith(b"+")
-    started = time.monotonic()
     imapd.deliver(ALICE, message("pushed"))
-    line = client.readline()
-    elapsed = time.monotonic() - started
-    assert line == b"* 1 EXISTS\r\n"
-    assert elapsed < 5  # generous here; the benchmark measures it
+    # The client sends nothing more: the EXISTS comes from the folder watcher (0.25 s polls);
+    # how fast is the benchmark's business, here it must come at all.
+    assert client.readline() == b"* 1 EXISTS\r\n"
     sock.sendall(b"DONE\r\n")
     assert client.readline().startswith(b"i1 OK")
     client.logout()
