@@ -612,3 +612,11 @@ def test_rename_of_the_selected_folder_here_and_elsewhere(imapd: Imapd) -> None:
     assert other.line().startswith(b"* BYE"), other.buf
     conn.close()
     other.close()
+
+
+def test_status_sees_mail_delivered_after_an_earlier_status(imapd: Imapd) -> None:
+    conn = Conn(imapd)
+    assert b"(MESSAGES 0)" in conn.ok("STATUS INBOX (MESSAGES)")
+    fill(imapd, 1)  # delivered by another process, as the LDA does
+    assert b"(MESSAGES 1)" in conn.ok("STATUS INBOX (MESSAGES)")  # RFC 3501 6.3.10: current
+    conn.close()

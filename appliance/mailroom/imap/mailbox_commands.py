@@ -218,6 +218,9 @@ class MailboxCommands:
 
     def _status_now(self: Session, name: str, items: tuple[str, ...]) -> dict[str, int]:
         folder = self._mailbox().folder(name)
+        # uidnext first: reading the state refreshes the listing this process keeps for the
+        # folder, which messages() alone would return as last scanned (before new mail).
+        uidnext = folder.uidnext
         messages = folder.messages()
         out: dict[str, int] = {}
         for name_ in items:
@@ -227,7 +230,7 @@ class MailboxCommands:
             elif item == "RECENT":
                 out[item] = 0
             elif item == "UIDNEXT":
-                out[item] = folder.uidnext
+                out[item] = uidnext
             elif item == "UIDVALIDITY":
                 out[item] = folder.uidvalidity
             elif item == "UNSEEN":
