@@ -26,10 +26,19 @@ PASSWORD = "correct horse battery staple"
 USERS = ("alice@example.test", "bob@example.test")
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on, and not one this test process handed out before (the
+    kernel may offer the same free port twice in a row, and a daemon binds it only later)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 @pytest.fixture(scope="session")
