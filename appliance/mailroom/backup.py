@@ -564,7 +564,10 @@ def _create_stats(stdout: str) -> dict:
 
 
 def latest_archive(borgmatic: Borgmatic) -> str:
-    result = borgmatic.must("listing the archives", "repo-list", "--json")
+    # Every archive, whoever made it: by default borgmatic lists only those whose names match
+    # this host's archive_name_format ({hostname}-...), and a new host restoring the old one's
+    # repository would find none.
+    result = borgmatic.must("listing the archives", "repo-list", "--match-archives", "*", "--json")
     try:
         data = json.loads(result.stdout)
         archives = (data[0] if isinstance(data, list) else data)["archives"]
