@@ -593,3 +593,24 @@ def test_list_extended_recursivematch_and_overlong_lines(imapd: Imapd) -> None:
     assert line.startswith((b"long BAD", b"* BAD")), line
     assert client.noop()[0] == "OK"
     client.logout()
+
+
+def test_qresync_vanished_is_computed_on_ranges(imapd: Imapd) -> None:
+    for n in range(6):
+        imapd.deliver(ALICE, message(f"range {n}"))
+    client = imapd.client()
+    assert client._simple_command("ENABLE", "QRESYNC")[0] == "OK"
+    client.select("INBOX")
+    uidvalidity = int(client.untagged_responses["UIDVALIDITY"][0])
+    client.uid("STORE", "2,4:5", "+FLAGS", "(\\Deleted)")
+    client.expunge()
+    client.close()
+    for known, expected in [("1:*", b"2,4:5"), ("1:3,5", b"2,5"), ("6", None)]:
+        client.untagged_responses.clear()
+        typ, _ = client._simple_command("SELECT", "INBOX", f"(QRESYNC ({uidvalidity} 1 {known}))")
+        assert typ == "OK"
+        client.state = "SELECTED"
+        vanished = client.untagged_responses.get("VANISHED")
+        assert (vanished == [b"(EARLIER) " + expected]) if expected else not vanished, (known, vanished)
+        client.close()
+    client.logout()

@@ -329,11 +329,13 @@ class MailboxCommands:
             selected = Selected(folder, command.mailbox, readonly=readonly)
             selected.open()
             state = (folder.uidvalidity, folder.uidnext, folder.highestmodseq)
-            infos = selected.infos() if command.qresync is not None else None
-            return selected, selected.first_unseen(), state, infos
+            report = b""
+            if command.qresync is not None:  # in the worker: it walks the whole folder
+                report = _qresync_report(selected, selected.infos(), command.qresync)
+            return selected, selected.first_unseen(), state, report
 
         try:
-            selected, first_unseen, state, infos = await self.io(open_folder)
+            selected, first_unseen, state, report = await self.io(open_folder)
         except (NoSuchFolder, InvalidFolderName):
             return _no("No such folder", b"NONEXISTENT")
         uidvalidity, uidnext, highest = state
@@ -346,38 +348,54 @@ class MailboxCommands:
         self.write(r.untagged_status("OK", "Predicted next UID", r.code("UIDNEXT", uidnext)))
         # RFC 7162 3.1.2.1: a server that keeps modseqs sends it on every successful SELECT.
         self.write(r.untagged_status("OK", "Highest", r.code("HIGHESTMODSEQ", highest)))
-        if command.qresync is not None and infos is not None:
-            self._qresync_report(selected, infos, command.qresync)
+        self.write(report)
         self.selected = selected
         self.state = State.SELECTED
         self.mailbox_name = command.mailbox
         code = r.code("READ-ONLY" if readonly else "READ-WRITE")
         return _ok(f"{'EXAMINE' if readonly else 'SELECT'} completed", code)
 
-    def _qresync_report(self: Session, selected: Selected, infos, qresync: c.QResync) -> None:
-        """RFC 7162 3.2.5: what the client's cache misses since its modseq.
 
-        There is no expunge history, so VANISHED (EARLIER) lists every UID the client may know
-        (its known-uids, else 1:UIDNEXT-1) that is not here: more than needed, which the RFC
-        allows, and exact for the client."""
-        if qresync.uidvalidity != selected.folder.uidvalidity:
-            return  # the client's cache is void anyway; it will refetch
-        present = {info.uid for _, info in infos}
-        if qresync.known_uids is not None and not qresync.known_uids.saved:
-            top = max(selected.folder.uidnext - 1, 1)
-            known = qresync.known_uids.resolve(top)
-        else:
-            known = range(1, selected.folder.uidnext)
-        vanished = [uid for uid in known if uid not in present]
-        if vanished:
-            self.write(r.vanished(vanished, earlier=True))
-        for seq, info in infos:
-            if info.modseq > qresync.modseq:
-                self.write(
-                    selected.flags_response(
-                        seq, info.uid, info.flags, info.modseq, condstore=True, with_uid=True
-                    )
-                )
+def _qresync_report(selected: Selected, infos: list, qresync: c.QResync) -> bytes:
+    """RFC 7162 3.2.5: what the client's cache misses since its modseq.
+
+    There is no expunge history, so VANISHED (EARLIER) lists every UID the client may know
+    (its known-uids, else 1:UIDNEXT-1) that is not here: more than needed, which the RFC allows,
+    and exact for the client. Computed on ranges, never UID by UID (UIDNEXT may be in the
+    millions)."""
+    if qresync.uidvalidity != selected.folder.uidvalidity:
+        return b""  # the client's cache is void anyway; it will refetch
+    top = selected.folder.uidnext - 1
+    gaps: list[tuple[int, int]] = []  # UIDs in 1..top that are not here
+    previous = 0
+    for _, info in infos:
+        if info.uid > previous + 1:
+            gaps.append((previous + 1, min(info.uid - 1, top)))
+        previous = info.uid
+    if previous < top:
+        gaps.append((previous + 1, top))
+    if qresync.known_uids is not None and not qresync.known_uids.saved:
+        known = [
+            (min(lo, hi), max(lo, hi))
+            for a, b in qresync.known_uids.ranges
+            for lo, hi in [(top if a is None else a, top if b is None else b)]
+        ]
+        gaps = [
+            (max(glo, klo), min(ghi, khi))
+            for glo, ghi in gaps
+            for klo, khi in known
+            if max(glo, klo) <= min(ghi, khi)
+        ]
+    out = bytearray()
+    if gaps:
+        spans = ",".join(str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in sorted(set(gaps)))
+        out += b"* VANISHED (EARLIER) " + spans.encode("ascii") + b"\r\n"
+    for seq, info in infos:
+        if info.modseq > qresync.modseq:
+            out += selected.flags_response(
+                seq, info.uid, info.flags, info.modseq, condstore=True, with_uid=True
+            )
+    return bytes(out)
 
 
 def _discard(folder: Folder, uids: list[int]) -> None:
