@@ -316,3 +316,81 @@ class ConnectionLimiter:
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
+
+
+async def serve_streams(
+    stop: asyncio.Event,
+    sockets: list[tuple[Listener, socket.socket]],
+    tls: ssl.SSLContext | None,
+    *,
+    implicit_tls: frozenset[str],
+    limiter: ConnectionLimiter,
+    refuse: Callable[[Listener], bytes],
+    session: Callable[[asyncio.StreamReader, asyncio.StreamWriter, Listener], Awaitable[None]],
+    stream_limit: int,
+    handshake_timeout: float,
+    logger: logging.Logger,
+) -> None:
+    """Serve line-protocol sessions (POP3, IMAP) on asyncio streams until stop is set.
+
+    Per connection: the connection limit (`refuse` gives the reply for a refused one), one task
+    running `session`, a failure logged without taking the daemon down, and a close that waits
+    at most 5 s for the client. At stop the listeners close and the sessions are cancelled.
+    """
+    sessions: set[asyncio.Task[None]] = set()
+
+    def handler(
+        listener: Listener,
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            sessions.add(task)
+            peer = writer.get_extra_info("peername")
+            ip = peer[0] if isinstance(peer, tuple) else str(peer)
+            try:
+                if not limiter.admit(ip):
+                    logger.warning("connection refused peer=%s: limit reached", ip)
+                    writer.write(refuse(listener))
+                    return
+                try:
+                    await session(reader, writer, listener)
+                except asyncio.CancelledError:
+                    pass  # the daemon is stopping
+                except Exception:
+                    logger.exception("session failed peer=%s", ip)
+                finally:
+                    limiter.release(ip)
+            finally:
+                sessions.discard(task)
+                if stop.is_set():
+                    writer.transport.abort()
+                else:
+                    writer.close()
+                    try:
+                        await asyncio.wait_for(writer.wait_closed(), 5)
+                    except (Exception, asyncio.CancelledError):
+                        writer.transport.abort()
+
+        return handle
+
+    servers = []
+    for listener, sock in sockets:
+        implicit = listener.name in implicit_tls
+        servers.append(
+            await asyncio.start_server(
+                handler(listener),
+                sock=sock,
+                ssl=tls if implicit else None,
+                ssl_handshake_timeout=handshake_timeout if implicit else None,
+                limit=stream_limit,
+            )
+        )
+        logger.info("listening name=%s on %s port %d", listener.name, *sock.getsockname()[:2])
+    await stop.wait()
+    logger.info("stopping")
+    for server in servers:
+        server.close()
+    for task in list(sessions):
+        task.cancel()
+    await asyncio.gather(*sessions, return_exceptions=True)

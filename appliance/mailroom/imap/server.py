@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from .. import daemon, metrics
 from ..accounts import Directory
@@ -45,86 +43,54 @@ def serve(config: Config) -> None:
             return await (learn_spam if kind == "spam" else learn_ham)(config, data)
 
     async def main(stop: asyncio.Event) -> None:
-        limiter = daemon.ConnectionLimiter(config.imap_limits, workers=config.imap_workers)
         watcher = FolderWatcher()
-        sessions: set[asyncio.Task[None]] = set()
 
-        def handler(listener: Listener) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+        def refuse(listener: Listener) -> bytes:
+            metrics.IMAP_CONNECTIONS_REFUSED.labels(listener.name).inc()
+            return r.untagged_status("BYE", "Too many connections, try again later")
+
+        async def session(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener: Listener
+        ) -> None:
             implicit = listener.name == "imaps"
+            metrics.IMAP_SESSIONS.labels(listener.name).inc()
+            if implicit:
+                metrics.IMAP_TLS_SESSIONS.labels(listener.name, "implicit").inc()
+            metrics.IMAP_OPEN_SESSIONS.inc()
+            try:
+                await Session(
+                    reader,
+                    writer,
+                    listener=listener.name,
+                    implicit_tls=implicit,
+                    tls=None if implicit else tls,
+                    limits=config.imap_limits,
+                    directory=directory,
+                    throttle=throttle,
+                    maildir_of=maildir_of,
+                    watcher=watcher,
+                    append_limit=config.smtp_max_message_size,
+                    hostname=config.hostname,
+                    learn=learn,
+                ).run()
+            finally:
+                metrics.IMAP_OPEN_SESSIONS.dec()
 
-            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                task = asyncio.current_task()
-                assert task is not None
-                sessions.add(task)
-                peer = writer.get_extra_info("peername")
-                ip = peer[0] if isinstance(peer, tuple) else str(peer)
-                try:
-                    if not limiter.admit(ip):
-                        metrics.IMAP_CONNECTIONS_REFUSED.labels(listener.name).inc()
-                        log.warning("connection refused peer=%s: limit reached", ip)
-                        writer.write(r.untagged_status("BYE", "Too many connections, try again later"))
-                        return
-                    metrics.IMAP_OPEN_SESSIONS.inc()
-                    try:
-                        metrics.IMAP_SESSIONS.labels(listener.name).inc()
-                        if implicit:
-                            metrics.IMAP_TLS_SESSIONS.labels(listener.name, "implicit").inc()
-                        session = Session(
-                            reader,
-                            writer,
-                            listener=listener.name,
-                            implicit_tls=implicit,
-                            tls=None if implicit else tls,
-                            limits=config.imap_limits,
-                            directory=directory,
-                            throttle=throttle,
-                            maildir_of=maildir_of,
-                            watcher=watcher,
-                            append_limit=config.smtp_max_message_size,
-                            hostname=config.hostname,
-                            learn=learn,
-                        )
-                        await session.run()
-                    except asyncio.CancelledError:
-                        pass  # the daemon is stopping
-                    except Exception:
-                        log.exception("session failed peer=%s", ip)
-                    finally:
-                        metrics.IMAP_OPEN_SESSIONS.dec()
-                        limiter.release(ip)
-                finally:
-                    sessions.discard(task)
-                    if stop.is_set():
-                        writer.transport.abort()
-                    else:
-                        writer.close()
-                        try:
-                            await asyncio.wait_for(writer.wait_closed(), 5)
-                        except (Exception, asyncio.CancelledError):
-                            writer.transport.abort()
-
-            return handle
-
-        servers = []
-        for listener, sock in sockets:
-            servers.append(
-                await asyncio.start_server(
-                    handler(listener),
-                    sock=sock,
-                    ssl=tls if listener.name == "imaps" else None,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if listener.name == "imaps" else None,
-                    limit=64 * 1024,
-                )
+        try:
+            await daemon.serve_streams(
+                stop,
+                sockets,
+                tls,
+                implicit_tls=frozenset({"imaps"}),
+                limiter=daemon.ConnectionLimiter(config.imap_limits, workers=config.imap_workers),
+                refuse=refuse,
+                session=session,
+                stream_limit=64 * 1024,
+                handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                logger=log,
             )
-            log.info("listening name=%s on %s port %d", listener.name, *sock.getsockname()[:2])
-        await stop.wait()
-        log.info("stopping")
-        for server in servers:
-            server.close()
-        for task in list(sessions):
-            task.cancel()
-        await asyncio.gather(*sessions, return_exceptions=True)
-        watcher.close()
+        finally:
+            watcher.close()
 
     # A folder listing is 100,000 small objects per 100,000 messages, all long-lived: with the
     # default thresholds the cyclic garbage collector walks them again and again while a big

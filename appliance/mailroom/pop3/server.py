@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from .. import daemon, metrics
 from ..accounts import Directory
@@ -37,78 +35,42 @@ def serve(config: Config) -> None:
         return store.mailbox(address).path
 
     async def main(stop: asyncio.Event) -> None:
-        limiter = daemon.ConnectionLimiter(config.pop3_limits)
-        sessions: set[asyncio.Task[None]] = set()
+        def refuse(listener: Listener) -> bytes:
+            metrics.POP3_CONNECTIONS_REFUSED.labels(listener.name).inc()
+            return protocol.err("Too many connections, try again later", protocol.SYS_TEMP)
 
-        def handler(listener: Listener) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+        async def session(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener: Listener
+        ) -> None:
             implicit = listener.name == "pop3s"
+            metrics.POP3_SESSIONS.labels(listener.name).inc()
+            if implicit:
+                metrics.POP3_TLS_SESSIONS.labels(listener.name, "implicit").inc()
+            # A cancelled session (the daemon stopping) ends without UPDATE: nothing is deleted
+            # for a client that did not get to QUIT.
+            await Session(
+                reader,
+                writer,
+                listener=listener.name,
+                implicit_tls=implicit,
+                tls=None if implicit else tls,
+                limits=config.pop3_limits,
+                directory=directory,
+                throttle=throttle,
+                maildir_of=maildir_of,
+            ).run()
 
-            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                task = asyncio.current_task()
-                assert task is not None
-                sessions.add(task)
-                peer = writer.get_extra_info("peername")
-                ip = peer[0] if isinstance(peer, tuple) else str(peer)
-                try:
-                    if not limiter.admit(ip):
-                        metrics.POP3_CONNECTIONS_REFUSED.labels(listener.name).inc()
-                        log.warning("connection refused peer=%s: limit reached", ip)
-                        writer.write(protocol.err("Too many connections, try again later", protocol.SYS_TEMP))
-                        return
-                    try:
-                        metrics.POP3_SESSIONS.labels(listener.name).inc()
-                        if implicit:
-                            metrics.POP3_TLS_SESSIONS.labels(listener.name, "implicit").inc()
-                        session = Session(
-                            reader,
-                            writer,
-                            listener=listener.name,
-                            implicit_tls=implicit,
-                            tls=None if implicit else tls,
-                            limits=config.pop3_limits,
-                            directory=directory,
-                            throttle=throttle,
-                            maildir_of=maildir_of,
-                        )
-                        await session.run()
-                    except asyncio.CancelledError:
-                        pass  # the daemon is stopping: the session ends without UPDATE
-                    except Exception:
-                        log.exception("session failed peer=%s", ip)
-                    finally:
-                        limiter.release(ip)
-                finally:
-                    sessions.discard(task)
-                    if stop.is_set():
-                        writer.transport.abort()
-                    else:
-                        writer.close()
-                        try:
-                            await asyncio.wait_for(writer.wait_closed(), 5)
-                        except (Exception, asyncio.CancelledError):
-                            writer.transport.abort()
-
-            return handle
-
-        servers = []
-        for listener, sock in sockets:
-            servers.append(
-                await asyncio.start_server(
-                    handler(listener),
-                    sock=sock,
-                    ssl=tls if listener.name == "pop3s" else None,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if listener.name == "pop3s" else None,
-                    limit=STREAM_LIMIT,
-                )
-            )
-            log.info("listening name=%s on %s port %d", listener.name, *sock.getsockname()[:2])
-        await stop.wait()
-        log.info("stopping")
-        for server in servers:
-            server.close()
-        # Sessions end without UPDATE: nothing is deleted for a client that did not get to QUIT.
-        for task in list(sessions):
-            task.cancel()
-        await asyncio.gather(*sessions, return_exceptions=True)
+        await daemon.serve_streams(
+            stop,
+            sockets,
+            tls,
+            implicit_tls=frozenset({"pop3s"}),
+            limiter=daemon.ConnectionLimiter(config.pop3_limits),
+            refuse=refuse,
+            session=session,
+            stream_limit=STREAM_LIMIT,
+            handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            logger=log,
+        )
 
     daemon.run(main)
