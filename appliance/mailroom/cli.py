@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__, backup, daemon
@@ -298,66 +300,32 @@ def _load_for_daemon(name: str, path: str) -> Config | None:
     return config
 
 
-def smtpd(args: argparse.Namespace) -> int:
-    config = _load_for_daemon("smtpd", args.config)
-    if config is None:
-        return 1
-    from .smtp.server import serve  # after enable_shared_metrics (see there)
+def _daemon(
+    name: str, module: str, missing: Callable[[Config], str | None] = lambda config: None
+) -> Callable[[argparse.Namespace], int]:
+    """The `mailroom NAME` command of a daemon: load and check the configuration, make metrics
+    shared, then import `module` (after enable_shared_metrics, see there) and serve."""
 
-    serve(config)
-    return 0
+    def run(args: argparse.Namespace) -> int:
+        config = _load_for_daemon(name, args.config)
+        if config is None:
+            return 1
+        key = missing(config)
+        if key is not None:
+            print(f"mailroom {name}: {args.config}: {key}: is not configured", file=sys.stderr)
+            return 1
+        importlib.import_module(module, __package__).serve(config)
+        return 0
 
-
-def pop3d(args: argparse.Namespace) -> int:
-    config = _load_for_daemon("pop3d", args.config)
-    if config is None:
-        return 1
-    if not config.pop3_listeners:
-        print(f"mailroom pop3d: {args.config}: pop3: is not configured", file=sys.stderr)
-        return 1
-    from .pop3.server import serve  # after enable_shared_metrics (see there)
-
-    serve(config)
-    return 0
+    return run
 
 
-def imapd(args: argparse.Namespace) -> int:
-    config = _load_for_daemon("imapd", args.config)
-    if config is None:
-        return 1
-    if not config.imap_listeners:
-        print(f"mailroom imapd: {args.config}: imap: is not configured", file=sys.stderr)
-        return 1
-    from .imap.server import serve  # after enable_shared_metrics (see there)
-
-    serve(config)
-    return 0
-
-
-def deliveryd(args: argparse.Namespace) -> int:
-    config = _load_for_daemon("deliveryd", args.config)
-    if config is None:
-        return 1
-    if config.queue_root is None:
-        print(f"mailroom deliveryd: {args.config}: queue.root: is not configured", file=sys.stderr)
-        return 1
-    from .delivery import serve  # after enable_shared_metrics (see there)
-
-    serve(config)
-    return 0
-
-
-def metricsd(args: argparse.Namespace) -> int:
-    config = _load_for_daemon("metricsd", args.config)
-    if config is None:
-        return 1
-    if config.metrics is None:
-        print(f"mailroom metricsd: {args.config}: metrics: is not configured", file=sys.stderr)
-        return 1
-    from .metricsd import serve
-
-    serve(config)
-    return 0
+smtpd = _daemon("smtpd", ".smtp.server")
+pop3d = _daemon("pop3d", ".pop3.server", lambda c: None if c.pop3_listeners else "pop3")
+imapd = _daemon("imapd", ".imap.server", lambda c: None if c.imap_listeners else "imap")
+deliveryd = _daemon("deliveryd", ".delivery", lambda c: None if c.queue_root else "queue.root")
+metricsd = _daemon("metricsd", ".metricsd", lambda c: None if c.metrics else "metrics")
+webd = _daemon("webd", ".web.server", lambda c: None if c.web else "web")
 
 
 def cert_renew(args: argparse.Namespace) -> int:
@@ -400,19 +368,6 @@ def cert_status(args: argparse.Namespace) -> int:
 
     due = acme.renewal_due(config)
     print(f"{config.tls_certificate}: {'renewal due: ' if due.due else ''}{due.reason}")
-    return 0
-
-
-def webd(args: argparse.Namespace) -> int:
-    config = _load_for_daemon("webd", args.config)
-    if config is None:
-        return 1
-    if config.web is None:
-        print(f"mailroom webd: {args.config}: web: is not configured", file=sys.stderr)
-        return 1
-    from .web.server import serve
-
-    serve(config)
     return 0
 
 

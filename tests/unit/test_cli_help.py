@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from mailroom.cli import build_parser
+from tests.conftest import config_data
 
 
 def commands(
@@ -105,3 +108,23 @@ def test_a_missing_configuration_is_named(tmp_path) -> None:
         )
         assert result.returncode == 1, argv
         assert str(missing) in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "key"),
+    [("pop3d", "pop3"), ("imapd", "imap"), ("metricsd", "metrics"), ("webd", "web")],
+)
+def test_a_daemon_without_its_section_refuses_to_start(tmp_path: Path, command: str, key: str) -> None:
+    data = config_data(tmp_path / "mail", 2525, None)
+    data.pop("metrics", None)
+    config = tmp_path / "mailroom.yml"
+    config.write_text(yaml.safe_dump(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "mailroom.cli", command, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"mailroom {command}: {config}: {key}: is not configured" in done.stderr
