@@ -2,7 +2,7 @@
 # Quick start, step 2: the whole test suite, exactly as CI runs it.
 #
 #   ./test.sh              everything: lint, pytest (unit, integration, inventory checks), Molecule
-#   ./test.sh --no-molecule    skip the Molecule scenario (it needs root, systemd-nspawn and ~5 minutes)
+#   ./test.sh --no-molecule    skip the Molecule scenarios (they need root, systemd-nspawn and ~15 minutes)
 #
 # It installs what it needs itself: Debian packages (swaks, mmdebstrap, systemd-nspawn, ...) and the
 # pinned Python tools into ./.venv. Run as root on a disposable Debian 12 machine or VM.
