@@ -81,6 +81,7 @@ class Session:
         self.maildrop: Maildrop | None = None
         self.deleted: set[int] = set()  # UIDs marked by DELE
         self.retrieved: set[int] = set()  # UIDs sent by RETR
+        self._deadline = float("inf")  # loop time when the session must end (set by run)
 
     # ----------------------------------------------------------------- plumbing
 
@@ -143,6 +144,7 @@ class Session:
         try:
             await self.send(p.ok("Mailroom POP3 server ready"))
             try:
+                self._deadline = asyncio.get_running_loop().time() + self.limits.session_timeout
                 async with asyncio.timeout(self.limits.session_timeout):
                     quit_ = await self._commands()
             except TimeoutError:
@@ -163,6 +165,11 @@ class Session:
     async def _commands(self) -> bool:
         """The command loop; True after QUIT."""
         while True:
+            # The deadline is also checked here, not only by asyncio.timeout: on Python 3.11 a
+            # wait_for() whose read completes just as the timeout cancels the task can swallow
+            # that cancellation, and a busy client then never met the deadline.
+            if asyncio.get_running_loop().time() >= self._deadline:
+                raise TimeoutError
             try:
                 line = await self.read_line()
                 limit = p.MAX_AUTH_LINE if line[:5].upper() == b"AUTH " else p.MAX_COMMAND_LINE
