@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from operator import itemgetter
 
 from ..store import Folder, MessageInfo
 from .message import ParsedMessage
 from .protocol import fetch as f
 from .protocol import responses as r
+from .selected import Selected
 
 # Items that need the whole message; HEADER-only sections need only the header.
 _CONTENT_ATTRS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822", "RFC822.TEXT"})
@@ -141,3 +143,46 @@ def render(
     if with_modseq:
         add("MODSEQ", b"(%d)" % info.modseq)
     return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
+
+
+# FETCH of nothing but UID, FLAGS and MODSEQ (what a client asks for every message of a big
+# folder to sync its flags) is answered from the store's columns: no file name, no MessageInfo,
+# one format per response, in batches far larger than those that read files.
+_CHEAP_ITEMS = {"UID": (b"UID %d", 1), "FLAGS": (b"FLAGS %s", 2), "MODSEQ": (b"MODSEQ (%d)", 3)}
+CHEAP_BATCH = 10_000
+
+
+def cheap(items: Sequence[f.FetchAttr]) -> bool:
+    """Whether every item comes from the listing alone (UID, FLAGS, MODSEQ)."""
+    return all(not isinstance(item, f.Section) and item.name in _CHEAP_ITEMS for item in items)
+
+
+def render_cheap(
+    selected: Selected,
+    batch: list[tuple[int, int]],
+    items: Sequence[f.FetchAttr],
+    *,
+    with_uid: bool,
+    with_modseq: bool,
+    changedsince: int | None,
+) -> tuple[bytes, int]:
+    """`* seq FETCH (...)` for each (seq, uid) of batch, and how many are gone; items as cheap()."""
+    order = ["UID"] if with_uid else []
+    order += [item.name for item in items if item.name not in order]  # type: ignore[union-attr]
+    if with_modseq and "MODSEQ" not in order:
+        order.append("MODSEQ")
+    template = b"* %d FETCH (" + b" ".join(_CHEAP_ITEMS[name][0] for name in order) + b")\r\n"
+    pick = itemgetter(0, *(_CHEAP_ITEMS[name][1] for name in order))
+    pending = selected.pending_expunge
+    summaries = selected.folder.summaries([uid for _, uid in batch])
+    out = []
+    gone = 0
+    for (seq, uid), summary in zip(batch, summaries, strict=True):
+        if summary is None or uid in pending:
+            gone += 1
+            continue
+        flags, modseq = summary
+        if changedsince is not None and modseq <= changedsince:
+            continue
+        out.append(template % pick((seq, uid, flags_value(flags), modseq)))
+    return b"".join(out), gone

@@ -8,6 +8,7 @@ Mixed into `session.Session`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -131,11 +132,33 @@ class MessageCommands:
         set_seen = not selected.readonly and fetching.sets_seen(items)
         need = fetching.needs_content(items)
         missing = 0
-        for start in range(0, len(pairs), FETCH_BATCH):
-            batch = pairs[start : start + FETCH_BATCH]
-            out, gone = await self.io(
-                self._fetch_batch, selected, batch, items, need, set_seen, command.uid, command.changedsince
-            )
+        cheap = fetching.cheap(items)
+        step = fetching.CHEAP_BATCH if cheap else FETCH_BATCH
+        for start in range(0, len(pairs), step):
+            batch = pairs[start : start + step]
+            if cheap:
+                out, gone = await self.io(
+                    functools.partial(
+                        fetching.render_cheap,
+                        with_uid=command.uid,
+                        with_modseq=self.condstore,
+                        changedsince=command.changedsince,
+                    ),
+                    selected,
+                    batch,
+                    items,
+                )
+            else:
+                out, gone = await self.io(
+                    self._fetch_batch,
+                    selected,
+                    batch,
+                    items,
+                    need,
+                    set_seen,
+                    command.uid,
+                    command.changedsince,
+                )
             self.write(out)
             missing += gone
             await self.flush_if_large()

@@ -36,8 +36,8 @@ class Selected:
         self.keywords: list[str] = []  # as last announced in FLAGS
 
     def open(self) -> None:
-        result = self.folder.sync()
-        self.uids = array("I", sorted(result.new_uids))
+        self.folder.sync()
+        self.uids = self.folder.known_uids()
         self.keywords = self.folder.keywords
 
     def flags_announcement(self) -> bytes:
@@ -124,12 +124,10 @@ class Selected:
 
     def first_unseen(self) -> int | None:
         """The sequence number of the first message without \\Seen (SELECT's [UNSEEN n])."""
-        for info in self.folder.messages():
-            if "\\Seen" not in info.flags and info.uid not in self.pending_expunge:
-                seq = self.seq_of(info.uid)
-                if seq is not None:
-                    return seq
-        return None
+        uid = self.folder.first_uid_without(
+            "\\Seen", skip=lambda u: u in self.pending_expunge or self.seq_of(u) is None
+        )
+        return None if uid is None else self.seq_of(uid)
 
     def infos(self) -> list[tuple[int, MessageInfo]]:
         """(seq, info) of every message the client knows, except those already gone."""

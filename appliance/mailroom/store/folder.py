@@ -72,6 +72,7 @@ import collections
 import contextlib
 import fcntl
 import itertools
+import logging
 import os
 import re
 import shutil
@@ -80,15 +81,16 @@ import threading
 import time
 import weakref
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from operator import attrgetter
+from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
 from ..fsutil import fsync_dir, write_synced
 from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
+from .index import Columns, SavedIndex, read_index, write_index
 from .maildir import wire_size
 
 STATE_FILE = "mailroom-state"
@@ -104,8 +106,15 @@ _UID_MAX = 2**32 - 1
 # RFC 3501 atom characters: no specials, no controls, no space; ']' is allowed in flags.
 _KEYWORD = re.compile(r"[!#$&'+\-./0-9:;<=>?@A-Z\[\]^_`a-z|~]+\Z")
 
+log = logging.getLogger("mailroom.store")
+
+# Folders with at least this many messages keep a saved index (store/index.py) for the next
+# process, rewritten at most every INDEX_INTERVAL seconds while the folder changes.
+INDEX_MIN_MESSAGES = 1000
+INDEX_INTERVAL = 30.0
+
 _counter = itertools.count()
-_UID = attrgetter("uid")
+_FIRST = itemgetter(0)
 _wire_sizes: dict[tuple[Path, str], int] = {}  # messages written without ,W= (other Maildir tools)
 
 
@@ -368,9 +377,13 @@ class _Listing:
     """What one process knows about one folder: the scan of cur/, the state, the keywords.
 
     Shared by every Folder object of the process for that folder, so that many sessions on one
-    big folder hold its listing once (about 35 MB per 100,000 messages). Changes are appended
-    to a log of UIDs (version = number of changes so far) from which each Folder derives its
-    SyncResult. All access holds mutex.
+    big folder hold its listing once. The messages are kept as parallel columns by ascending
+    UID (uids, modseqs, flag ids into a small table of info-letter strings, file names), about
+    16 bytes per message plus its name, rather than as an object per message: a big folder then
+    loads from its saved index (store/index.py) without touching each message, and a
+    MessageInfo is made only for the messages asked for. The names of a folder loaded from its
+    index are read on first need. Changes are appended to a log of UIDs (version = number of
+    changes so far) from which each Folder derives its SyncResult. All access holds mutex.
     """
 
     def __init__(self, path: Path, identity: tuple[int, int]) -> None:
@@ -383,40 +396,176 @@ class _Listing:
         self._identity = identity
         self._state: _State | None = None
         self._snapshot: tuple[bytes | None, int, int] | None = None
-        self._by_name: dict[str, MessageInfo] = {}
-        self._by_uid: dict[int, MessageInfo] = {}
-        self._sorted: list[MessageInfo] | None = None
-        self._uids: tuple[int, array] | None = None  # (version, sorted UIDs) for first syncs
+        self._uids = array("I")
+        self._modseqs = array("Q")
+        self._fids = array("I")
+        self._names: list[str] | None = []  # None: still in self._saved, read on first need
+        self._saved: SavedIndex | None = None
+        self._table: list[str] = []  # info letters by flag id
+        self._fid_of: dict[str, int] = {}
+        self._fid_flags: list[frozenset[str]] = []  # the flags of each flag id, as keywords say now
+        self._materialized: tuple[int, list[MessageInfo]] | None = None
+        self._uid_copy: tuple[int, array] | None = None  # (version, UIDs) for first syncs
+        self._index_saved: tuple[tuple[bytes | None, int, int] | None, float] = (None, float("-inf"))
         self._state_path = str(self.path / STATE_FILE)
         self._cur_path = str(self.path / "cur")
         self._new_path = str(self.path / "new")
         self._new_empty_at: int | None = None  # mtime of new/ when we last found it empty
         self._keywords: list[str] = []
-        self._flagsets: dict[str, frozenset[str]] = {}
+
+    # ----------------------------------------------------------------- columns
+
+    def _pos(self, uid: int) -> int | None:
+        at = bisect.bisect_left(self._uids, uid)
+        return at if at < len(self._uids) and self._uids[at] == uid else None
+
+    def _need_names(self) -> list[str]:
+        if self._names is None:
+            saved, self._saved = self._saved, None
+            names = saved.names() if saved is not None else None
+            if names is None:  # the index's names do not read back: list cur/ once more
+                names = self._names_from_cur()
+            self._names = names
+        return self._names
+
+    def _names_from_cur(self) -> list[str]:
+        """Names for the columns, found by UID in cur/; columns without a file are dropped."""
+        by_uid: dict[int, str] = {}
+        for name in os.listdir(self._cur_path):
+            uid = _Parsed(name).uid
+            if uid is not None and (uid not in by_uid or name < by_uid[uid]):
+                by_uid[uid] = name
+        for pos in reversed(range(len(self._uids))):
+            if self._uids[pos] not in by_uid:
+                self._delete_at(pos)
+        names = [by_uid[uid] for uid in self._uids]
+        self._snapshot = None  # the next refresh compares names and letters with cur/
+        return names
+
+    def _fid(self, letters: str) -> int:
+        fid = self._fid_of.get(letters)
+        if fid is None:
+            fid = self._fid_of[letters] = len(self._table)
+            self._table.append(letters)
+            self._fid_flags.append(self._flags_of(letters))
+        return fid
+
+    def _flags_of(self, letters: str) -> frozenset[str]:
+        names = set()
+        for c in letters:
+            if c in _LETTER_FLAGS:
+                names.add(_LETTER_FLAGS[c])
+            elif "a" <= c <= "z" and ord(c) - 97 < len(self._keywords):
+                names.add(self._keywords[ord(c) - 97])
+        return frozenset(names)
+
+    def _info_at(self, pos: int) -> MessageInfo:
+        return MessageInfo(
+            self._uids[pos],
+            self._fid_flags[self._fids[pos]],
+            self._modseqs[pos],
+            self._need_names()[pos],
+            self.path,
+        )
+
+    def _put(self, uid: int, modseq: int, letters: str, name: str) -> None:
+        """Add a message, or replace the one with the same UID (flag change)."""
+        names = self._need_names()
+        fid = self._fid(letters)
+        uids = self._uids
+        if not uids or uids[-1] < uid:
+            uids.append(uid)
+            self._modseqs.append(modseq)
+            self._fids.append(fid)
+            names.append(name)
+        else:
+            at = bisect.bisect_left(uids, uid)
+            if uids[at] == uid:
+                self._modseqs[at], self._fids[at], names[at] = modseq, fid, name
+            else:
+                uids.insert(at, uid)
+                self._modseqs.insert(at, modseq)
+                self._fids.insert(at, fid)
+                names.insert(at, name)
+        self._touch(uid)
+
+    def _put_new(self, added: dict[int, tuple[int, str, str]]) -> None:
+        """Add messages whose UIDs are not in the listing (many at once: one sort, not inserts)."""
+        if len(added) < 64:
+            for uid, (modseq, letters, name) in sorted(added.items()):
+                self._put(uid, modseq, letters, name)
+            return
+        rows = list(zip(self._uids, self._modseqs, self._fids, self._need_names(), strict=True))
+        rows += [(uid, modseq, self._fid(letters), name) for uid, (modseq, letters, name) in added.items()]
+        rows.sort(key=_FIRST)
+        self._uids = array("I", [row[0] for row in rows])
+        self._modseqs = array("Q", [row[1] for row in rows])
+        self._fids = array("I", [row[2] for row in rows])
+        self._names = [row[3] for row in rows]
+        for uid in sorted(added):
+            self._touch(uid)
+
+    def _delete_at(self, pos: int) -> None:
+        uid = self._uids[pos]
+        del self._uids[pos]
+        del self._modseqs[pos]
+        del self._fids[pos]
+        if self._names is not None:
+            del self._names[pos]
+        self._touch(uid)
+
+    def _forget_name(self, name: str) -> None:
+        """Drop the message whose file was name, unless its UID has a newer name already."""
+        uid = _Parsed(name).uid
+        pos = None if uid is None else self._pos(uid)
+        if pos is not None and self._need_names()[pos] == name:
+            self._delete_at(pos)
+
+    # ----------------------------------------------------------------- reading
+
+    def __len__(self) -> int:
+        return len(self._uids)
 
     def contains(self, uid: int) -> bool:
-        return uid in self._by_uid
+        return self._pos(uid) is not None
 
     def get(self, uid: int) -> MessageInfo | None:
-        return self._by_uid.get(uid)
+        pos = self._pos(uid)
+        return None if pos is None else self._info_at(pos)
+
+    def summary(self, uid: int) -> tuple[frozenset[str], int] | None:
+        """(flags, modseq) of a message, without its name."""
+        pos = self._pos(uid)
+        return None if pos is None else (self._fid_flags[self._fids[pos]], self._modseqs[pos])
+
+    def uids_with(self, letter: str, present: bool = True) -> Iterator[int]:
+        """UIDs of the messages with (or without) an info letter, ascending (mutex held)."""
+        chosen = {fid for fid, letters in enumerate(self._table) if (letter in letters) == present}
+        if not chosen:
+            return
+        uids = self._uids
+        for pos, fid in enumerate(self._fids):
+            if fid in chosen:
+                yield uids[pos]
 
     def store_flags(
         self, uids: Iterable[int], flags: Iterable[str], mode: Mode
-    ) -> tuple[dict[int, tuple[frozenset[str], int]], list[MessageInfo]]:
+    ) -> tuple[dict[int, tuple[frozenset[str], int]], list[int]]:
+        """Change flags; return {uid: (flags, modseq)} for the messages there and the UIDs changed."""
         wanted = sorted(set(uids))
         result: dict[int, tuple[frozenset[str], int]] = {}
-        fresh_infos: list[MessageInfo] = []
+        changed: list[int] = []
         with self.mutex, self._locked(exclusive=True):
             self._refresh_locked(exclusive=True)
             letters = self._letters_for(flags, create=mode is not Mode.REMOVE)
             state = self._state_or_fail()
             modseq = state.highestmodseq + 1
+            names = self._need_names()
             for uid in wanted:
-                info = self._by_uid.get(uid)
-                if info is None:
+                pos = self._pos(uid)
+                if pos is None:
                     continue
-                parsed = _Parsed(info.name)
-                old = parsed.letters
+                old = self._table[self._fids[pos]]
                 if mode is Mode.ADD:
                     new = set(old) | set(letters)
                 elif mode is Mode.REMOVE:
@@ -424,26 +573,24 @@ class _Listing:
                 else:  # keep letters we do not manage (P, unknown keywords)
                     new = {c for c in old if not self._managed(c)} | set(letters)
                 if new == set(old):
-                    result[uid] = (info.flags, info.modseq)
+                    result[uid] = (self._fid_flags[self._fids[pos]], self._modseqs[pos])
                     continue
                 new_letters = "".join(sorted(new))
-                name = _cur_name(parsed.base, uid, modseq, new_letters)
+                name = _cur_name(_Parsed(names[pos]).base, uid, modseq, new_letters)
                 try:
-                    os.rename(os.path.join(self._cur_path, info.name), os.path.join(self._cur_path, name))
+                    os.rename(os.path.join(self._cur_path, names[pos]), os.path.join(self._cur_path, name))
                 except FileNotFoundError:
-                    self._forget(info)  # removed by another Maildir tool
+                    self._delete_at(pos)  # removed by another Maildir tool
                     continue
-                fresh = self._remember(name, uid, modseq, new_letters)
-                self._add(fresh)
-                self._forget(info)
-                fresh_infos.append(fresh)
-                result[uid] = (fresh.flags, fresh.modseq)
-            if fresh_infos:
+                self._put(uid, modseq, new_letters, name)
+                result[uid] = (self._fid_flags[self._fid_of[new_letters]], modseq)
+                changed.append(uid)
+            if changed:
                 # Flag changes are not fsynced (nor are Dovecot's): a crash may lose the last
                 # ones, never a message or a UID. A state file older than the names, or torn, is
                 # healed from the names on the next scan (see Rebuild).
                 self._write_state(_State(state.uidvalidity, state.uidnext, modseq), durable=False)
-        return result, fresh_infos
+        return result, changed
 
     # ----------------------------------------------------------------- scanning
 
@@ -456,23 +603,23 @@ class _Listing:
         with self.mutex:
             if self._snapshot is None:
                 self._refresh()
-            if self._sorted is None:
-                self._sorted = [self._by_uid[uid] for uid in sorted(self._by_uid)]
-            return list(self._sorted)
+            cached = self._materialized
+            if cached is None or cached[0] != self.version:
+                infos = [self._info_at(pos) for pos in range(len(self._uids))]
+                cached = self._materialized = (self.version, infos)
+            return list(cached[1])
 
     def uid_array(self) -> array:
         """A new array of all UIDs, ascending (callers own it)."""
         with self.mutex:
-            if self._uids is None or self._uids[0] != self.version:
-                self._uids = (self.version, array("I", sorted(self._by_uid)))
-            return array("I", self._uids[1])
+            return array("I", self._uids)
 
     def message(self, uid: int) -> MessageInfo:
         with self.mutex:
-            info = self._by_uid.get(uid)
+            info = self.get(uid)
             if info is None:
                 self._refresh()
-                info = self._by_uid.get(uid)
+                info = self.get(uid)
             if info is None:
                 raise MessageGone(f"no message with UID {uid}")
             return info
@@ -539,35 +686,52 @@ class _Listing:
         raw_state = _read_bytes(self.path / STATE_FILE)
         cur_stat = self._check_exists()
         state = _State.parse(raw_state)
-        names = os.listdir(self.path / "cur")
         self._load_keywords()
+        first = self._snapshot is None and not self._uids and not force
+        if first and self._open_saved(raw_state, state, cur_stat):
+            return self._refresh_locked(exclusive) if arrivals else True
+        names = os.listdir(self.path / "cur")
 
-        seen = set(names)
-        for name in [n for n in self._by_name if n not in seen]:
-            self._forget(self._by_name[name])
+        initial = not self._uids
+        listed = {n for n in names if not n.startswith(".")}
+        known = set(self._need_names())
+        for name in known - listed:
+            self._forget_name(name)
         broken: list[str] = []  # cur/ names without a usable UID
-        for name in names:
-            if name in self._by_name or name.startswith("."):
-                continue
+        added: dict[int, tuple[int, str, str]] = {}  # uid: (modseq, letters, name), UIDs not listed yet
+        for name in listed - known:
             parsed = _Parsed(name)
-            if parsed.uid is None:
+            uid = parsed.uid
+            if uid is None:
                 broken.append(name)
                 continue
-            holder = self._by_uid.get(parsed.uid)
-            if holder is not None:  # duplicate U= (a file copied by hand): the lower name keeps it
-                if holder.name < name:
+            # A duplicate U= (a file copied by hand): the lower name keeps the UID.
+            pos = self._pos(uid)
+            if pos is not None:
+                holder = self._need_names()[pos]
+                if holder < name:
+                    broken.append(name)
+                else:
+                    broken.append(holder)
+                    self._put(uid, parsed.modseq, parsed.letters, name)
+                continue
+            if uid in added:
+                if added[uid][2] < name:
                     broken.append(name)
                     continue
-                broken.append(holder.name)
-                self._forget(holder)
-            self._add(self._remember(name, parsed.uid, parsed.modseq, parsed.letters))
+                broken.append(added[uid][2])
+            added[uid] = (parsed.modseq, parsed.letters, name)
+        self._put_new(added)
+        if initial:
+            self._bump()  # nobody has seen this listing yet: no need to log each message
 
-        max_uid = max(self._by_uid, default=0)
-        max_modseq = max((info.modseq for info in self._by_uid.values()), default=0)
+        max_uid = self._uids[-1] if self._uids else 0
+        max_modseq = max(self._modseqs, default=0)
         healthy = state is not None and state.uidnext > max_uid and state.highestmodseq >= max_modseq
         if healthy and not broken and not arrivals:
             self._state = state
             self._snapshot = (raw_state, cur_stat.st_ino, cur_stat.st_mtime_ns)
+            self._save_index()
             return True
         if not exclusive:
             return False
@@ -578,7 +742,55 @@ class _Listing:
             state.uidvalidity, max(state.uidnext, max_uid + 1), max(state.highestmodseq, max_modseq)
         )
         self._assign(broken, arrivals, state)
+        self._save_index()
         return True
+
+    def _open_saved(self, raw_state: bytes | None, state: _State | None, cur: os.stat_result) -> bool:
+        """Start from the saved index (first scan of this process); True if it is current.
+
+        A current index is taken as it stands (the names are read when first needed). An older
+        one still gives the previous listing, so the rescan that follows parses only the names
+        that changed since it was written."""
+        saved = read_index(str(self.path))
+        if saved is None:
+            return False
+        columns = saved.columns
+        self._uids, self._modseqs, self._fids = columns.uids, columns.modseqs, columns.fids
+        self._table = columns.table
+        self._fid_of = {letters: fid for fid, letters in enumerate(self._table)}
+        self._fid_flags = [self._flags_of(letters) for letters in self._table]
+        self._names, self._saved = None, saved
+        self._bump()
+        current = (raw_state, cur.st_ino, cur.st_mtime_ns)
+        if state is None or current != (saved.state, saved.cur_ino, saved.cur_mtime_ns):
+            self._need_names()
+            return False
+        self._state = state
+        self._snapshot = current
+        self._index_saved = (current, time.monotonic())
+        return True
+
+    def _save_index(self) -> None:
+        """Save the listing of a big folder for the next process, at most every INDEX_INTERVAL s."""
+        if len(self._uids) < INDEX_MIN_MESSAGES or self._names is None or self._snapshot is None:
+            return
+        written, at = self._index_saved
+        if written == self._snapshot or time.monotonic() - at < INDEX_INTERVAL:
+            return
+        raw_state, ino, mtime = self._snapshot
+        try:
+            write_index(
+                str(self.path),
+                raw_state or b"",
+                ino,
+                mtime,
+                Columns(self._uids, self._modseqs, self._fids, self._table),
+                self._names,
+            )
+        except OSError as exc:  # a cache: the next process scans cur/ instead
+            log.debug("cannot save the index of %s: %s", self.path, exc)
+            return
+        self._index_saved = (self._snapshot, time.monotonic())
 
     def _assign(self, broken: list[str], arrivals: list[str], state: _State) -> None:
         """Give UIDs to cur/ names without one and move new/ arrivals into cur/ (LOCK_EX held)."""
@@ -595,7 +807,7 @@ class _Listing:
                 except FileNotFoundError:
                     continue  # expunged or moved by another Maildir tool
                 moved_from_new |= sub == "new"
-                self._add(self._remember(target, uid, modseq, parsed.letters))
+                self._put(uid, modseq, parsed.letters, target)
                 uid += 1
             fsync_dir(self.path / "cur")
             if moved_from_new:
@@ -625,58 +837,21 @@ class _Listing:
         self._state = state
         cur = os.stat(self.path / "cur")
         self._snapshot = (raw, cur.st_ino, cur.st_mtime_ns)
+        self._save_index()
 
-    # ----------------------------------------------------------------- in-memory listing
-
-    def _flagset(self, letters: str) -> frozenset[str]:
-        flags = self._flagsets.get(letters)
-        if flags is None:
-            names = set()
-            for c in letters:
-                if c in _LETTER_FLAGS:
-                    names.add(_LETTER_FLAGS[c])
-                elif "a" <= c <= "z" and ord(c) - 97 < len(self._keywords):
-                    names.add(self._keywords[ord(c) - 97])
-            flags = self._flagsets[letters] = frozenset(names)
-        return flags
-
-    def _remember(self, name: str, uid: int, modseq: int, letters: str) -> MessageInfo:
-        return MessageInfo(uid, self._flagset(letters), modseq, name, self.path)
-
-    def _add(self, info: MessageInfo) -> None:
-        """Add a message, or replace the one with the same UID (flag change)."""
-        self._by_name[info.name] = info
-        self._by_uid[info.uid] = info
-        self._touch(info.uid)
-        listing = self._sorted
-        if listing is None:
-            return
-        if not listing or listing[-1].uid < info.uid:
-            listing.append(info)
-            return
-        at = bisect.bisect_left(listing, info.uid, key=_UID)
-        if at < len(listing) and listing[at].uid == info.uid:
-            listing[at] = info
-        else:
-            listing.insert(at, info)
-
-    def _forget(self, info: MessageInfo) -> None:
-        self._by_name.pop(info.name, None)
-        if self._by_uid.get(info.uid) is not info:
-            return  # already replaced by a newer name of the same UID
-        del self._by_uid[info.uid]
-        self._touch(info.uid)
-        listing = self._sorted
-        if listing is not None:
-            at = bisect.bisect_left(listing, info.uid, key=_UID)
-            if at < len(listing) and listing[at] is info:
-                del listing[at]
+    # ----------------------------------------------------------------- the change log
 
     def _touch(self, uid: int) -> None:
         self.log.append(uid)
         self.version += 1
         if len(self.log) > _LOG_MAX:
             self.trim_log(force=True)
+
+    def _bump(self) -> None:
+        """Everything changed at once (the listing was loaded whole): views compare all."""
+        self.version += 1
+        self.log.clear()
+        self.log_base = self.version
 
     def trim_log(self, force: bool = False) -> None:
         """Drop change-log entries every view has seen (or, if force, the older half)."""
@@ -706,13 +881,15 @@ class _Listing:
                 keywords.append(word)
         if keywords != self._keywords:
             self._keywords = keywords[:MAX_KEYWORDS]
-            self._flagsets.clear()
             # Only messages whose flags read differently now count as changed: a new keyword
             # elsewhere must not make every session report every message of the folder.
-            for name, info in list(self._by_name.items()):
-                letters = _Parsed(name).letters
-                if self._flagset(letters) != info.flags:
-                    self._add(self._remember(name, info.uid, info.modseq, letters))
+            before = self._fid_flags
+            self._fid_flags = [self._flags_of(letters) for letters in self._table]
+            differ = {fid for fid, flags in enumerate(self._fid_flags) if flags != before[fid]}
+            if differ:
+                for pos, fid in enumerate(self._fids):
+                    if fid in differ:
+                        self._touch(self._uids[pos])
 
     def _letters_for(self, flags: Iterable[str], create: bool = True) -> str:
         """Map IMAP flags to info letters; new keywords get a letter if create (LOCK_EX held)."""
@@ -751,9 +928,9 @@ class _Listing:
         """Link (or copy) one message into dest's tmp/; None if it was expunged meanwhile."""
         for attempt in range(3):
             with self.mutex:
-                if attempt or uid not in self._by_uid:
+                if attempt or not self.contains(uid):
                     self._refresh(force=bool(attempt))
-                info = self._by_uid.get(uid)
+                info = self.get(uid)
             if info is None:
                 return None
             try:
@@ -789,25 +966,31 @@ class _Listing:
             for (tmp, _), flag_letters in zip(staged, letters, strict=True):
                 name = _cur_name(tmp.name, uid, modseq, flag_letters)
                 os.rename(tmp, self.path / "cur" / name)
-                self._add(self._remember(name, uid, modseq, flag_letters))
+                self._put(uid, modseq, flag_letters, name)
                 uids.append(uid)
                 uid += 1
             fsync_dir(self.path / "cur")
             self._write_state(_State(state.uidvalidity, uid, modseq))
             return uids
 
-    def remove(self, doomed: list[MessageInfo]) -> list[int]:
-        """Unlink messages (LOCK_EX held); return their UIDs."""
-        if not doomed:
-            return []
-        for info in doomed:
+    def remove(self, doomed: Iterable[int]) -> list[int]:
+        """Unlink the messages with these UIDs (LOCK_EX held); return the UIDs removed."""
+        names = self._need_names()
+        removed = []
+        for uid in sorted(set(doomed), reverse=True):
+            pos = self._pos(uid)
+            if pos is None:
+                continue
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(info.path)
-            self._forget(info)
+                os.unlink(os.path.join(self._cur_path, names[pos]))
+            self._delete_at(pos)
+            removed.append(uid)
+        if not removed:
+            return []
         fsync_dir(self.path / "cur")
         state = self._state_or_fail()
         self._write_state(_State(state.uidvalidity, state.uidnext, state.highestmodseq + 1))
-        return sorted(info.uid for info in doomed)
+        return removed[::-1]
 
     # ----------------------------------------------------------------- locking
 
@@ -853,7 +1036,7 @@ class Folder:
         self._known = array("I")  # UIDs reported by sync() and not yet reported expunged, sorted
         self._seen: int | None = None  # the listing's version at our last sync()
         self._seen_modseq = 0
-        self._own: dict[int, MessageInfo] = {}  # our own flag changes since the last sync()
+        self._own: dict[int, int] = {}  # our own flag changes since the last sync(): uid -> modseq
 
     @property
     def _listing(self) -> _Listing:
@@ -902,16 +1085,16 @@ class Folder:
                 touched = sorted(set(listing.log[self._seen - listing.log_base :]))
                 new, gone, changed = [], [], {}
                 for uid in touched:
-                    info, known = listing.get(uid), self._knows(uid)
-                    if info is None:
+                    summary, known = listing.summary(uid), self._knows(uid)
+                    if summary is None:
                         if known:
                             gone.append(uid)
                             self._forget(uid)
                     elif not known:
                         new.append(uid)
                         self._learn(uid)
-                    elif self._own.get(uid) is not info:
-                        changed[uid] = (info.flags, info.modseq)
+                    elif self._own.get(uid) != summary[1]:
+                        changed[uid] = summary
                 result = SyncResult(new, gone, changed)
             self._seen = listing.version
             self._seen_modseq = listing._state_or_fail().highestmodseq
@@ -926,17 +1109,17 @@ class Folder:
             # (a warm SELECT of 100,000 messages).
             self._known = listing.uid_array()
             return SyncResult(self._known.tolist(), [], {})
-        current = listing.messages()
+        uids = listing.uid_array()
         known = set(self._known)
-        new = [info.uid for info in current if info.uid not in known]
+        new = [uid for uid in uids if uid not in known]
         gone = [uid for uid in self._known if not listing.contains(uid)]
-        changed = {
-            info.uid: (info.flags, info.modseq)
-            for info in current
-            if info.uid in known and info.modseq > self._seen_modseq and self._own.get(info.uid) is not info
-        }
-        self._known = array("I", (info.uid for info in current))
-        return SyncResult(new, gone, changed)
+        changed = {}
+        for uid in known.intersection(uids):
+            summary = listing.summary(uid)
+            if summary is not None and summary[1] > self._seen_modseq and self._own.get(uid) != summary[1]:
+                changed[uid] = summary
+        self._known = uids
+        return SyncResult(new, gone, dict(sorted(changed.items())))
 
     def continue_from(self, other: Folder) -> None:
         """Report changes relative to what `other` reported: the same folder under its name
@@ -961,8 +1144,37 @@ class Folder:
 
     def messages(self) -> list[MessageInfo]:
         """All messages of the folder by ascending UID, as of the last scan by any Folder object
-        of this process; may include some that sync() has not reported to this object yet."""
+        of this process; may include some that sync() has not reported to this object yet.
+        Makes an object per message: prefer the methods below on big folders."""
         return self._listing.messages()
+
+    def summaries(self, uids: list[int]) -> list[tuple[frozenset[str], int] | None]:
+        """(flags, modseq) of each UID (ascending), None for those not here: FETCH FLAGS, no names."""
+        listing = self._listing
+        with listing.mutex:
+            start = listing._pos(uids[0]) if uids else None
+            if start is not None:  # usually a run of the listing: its columns, sliced in C
+                stop = start + len(uids)
+                if listing._uids[start:stop] == array("I", uids):
+                    flags = listing._fid_flags
+                    fids, modseqs = listing._fids[start:stop], listing._modseqs[start:stop]
+                    return list(zip([flags[fid] for fid in fids], modseqs, strict=True))
+            return [listing.summary(uid) for uid in uids]
+
+    def known_uids(self) -> array:
+        """The UIDs sync() has reported and not reported expunged, ascending (a copy)."""
+        return array("I", self._known)
+
+    def first_uid_without(self, flag: str, skip: Callable[[int], bool] = lambda uid: False) -> int | None:
+        """The lowest UID without a system flag (SELECT's UNSEEN), passing over those skip() names."""
+        listing = self._listing
+        with listing.mutex:
+            if listing._snapshot is None:
+                listing._refresh()
+            for uid in listing.uids_with(SYSTEM_FLAGS[flag], present=False):
+                if not skip(uid):
+                    return uid
+        return None
 
     def message(self, uid: int) -> MessageInfo:
         return self._listing.message(uid)
@@ -997,10 +1209,10 @@ class Folder:
         """
         listing = self._listing
         with listing.mutex:
-            result, fresh = listing.store_flags(uids, flags, Mode(mode))
-            for info in fresh:
-                if self._knows(info.uid):
-                    self._own[info.uid] = info
+            result, changed = listing.store_flags(uids, flags, Mode(mode))
+            for uid in changed:
+                if self._knows(uid):
+                    self._own[uid] = result[uid][1]
             return result
 
     def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
@@ -1014,11 +1226,7 @@ class Folder:
         with listing.mutex, listing._locked(exclusive=True):
             listing._refresh_locked(exclusive=True)
             limit = None if uids is None else set(uids)
-            doomed = [
-                info
-                for info in listing.messages()
-                if "\\Deleted" in info.flags and (limit is None or info.uid in limit)
-            ]
+            doomed = [uid for uid in listing.uids_with("T") if limit is None or uid in limit]
             removed = listing.remove(doomed)
             for uid in removed:
                 self._forget(uid)
@@ -1067,7 +1275,7 @@ class Folder:
             listing = self._listing
             with listing.mutex, listing._locked(exclusive=True):
                 listing._refresh_locked(exclusive=True)
-                removed = listing.remove([info for uid in mapping if (info := listing.get(uid)) is not None])
+                removed = listing.remove(mapping)
                 for uid in removed:
                     self._forget(uid)
         return mapping
