@@ -159,7 +159,8 @@ def write_index(
     path = os.path.join(folder, INDEX_FILE)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb") as out:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as out:
             out.write(header + b"\n" + body + names_raw)
         os.replace(tmp, path)
     except OSError:

@@ -1,0 +1,157 @@
+"""The saved index of a big folder (store/index.py): used when current, a head start when old,
+ignored when damaged, and never a different answer from a scan of cur/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mailroom.store import Folder, Maildir, Mode
+from mailroom.store import folder as folder_module
+from mailroom.store.index import INDEX_FILE, read_index
+
+
+@pytest.fixture
+def big(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Maildir:
+    """A folder counted as big (the threshold lowered to 5) with 12 messages, some flagged."""
+    monkeypatch.setattr(folder_module, "INDEX_MIN_MESSAGES", 5)
+    monkeypatch.setattr(folder_module, "INDEX_INTERVAL", 0.0)
+    box = Maildir(tmp_path / "example.test" / "alice")
+    box.create()
+    for i in range(12):
+        box.deliver(f"Subject: m{i}\n\nbody {i}\n".encode())
+    folder = Folder(box.path)
+    folder.sync()
+    folder.store_flags([2, 5, 7], ["\\Seen", "$Work"], Mode.ADD)
+    folder.store_flags([3], ["\\Deleted"], Mode.ADD)
+    return box
+
+
+def new_process() -> None:
+    """What a freshly started daemon knows: no listing in memory."""
+    folder_module._registry.__init__()
+
+
+def listing(path: Path) -> list[tuple[int, frozenset[str], int, str]]:
+    return [(m.uid, m.flags, m.modseq, m.name) for m in Folder(path).messages()]
+
+
+def scanned(path: Path) -> list[tuple[int, frozenset[str], int, str]]:
+    """The listing from cur/ alone, without the index (then the index is put back)."""
+    index = path / INDEX_FILE
+    saved = index.read_bytes() if index.exists() else None
+    index.unlink(missing_ok=True)
+    new_process()
+    result = listing(path)
+    new_process()
+    if saved is not None:
+        index.write_bytes(saved)
+    return result
+
+
+def count_cur_listings(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[str]:
+    calls: list[str] = []
+    real = os.listdir
+
+    def listdir(where: object = ".") -> list[str]:
+        if str(where) == str(path / "cur"):
+            calls.append(str(where))
+        return real(where)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(folder_module.os, "listdir", listdir)
+    return calls
+
+
+def test_a_big_folder_saves_its_index_and_a_new_process_opens_it_without_listing_cur(
+    big: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Folder(big.path).sync()  # the last change is saved too (INDEX_INTERVAL is 0 here)
+    assert (big.path / INDEX_FILE).exists()
+    assert oct((big.path / INDEX_FILE).stat().st_mode & 0o777) == "0o600"
+    expected = scanned(big.path)
+    new_process()
+    calls = count_cur_listings(monkeypatch, big.path)
+    folder = Folder(big.path)
+    result = folder.sync()
+    assert result.new_uids == list(range(1, 13))
+    assert folder.summaries([2, 3, 4]) == [
+        (frozenset({"\\Seen", "$Work"}), expected[1][2]),
+        (frozenset({"\\Deleted"}), expected[2][2]),
+        (frozenset(), expected[3][2]),
+    ]
+    assert folder.first_uid_without("\\Seen") == 1
+    assert calls == []  # the columns came from the index; no name was needed yet
+    assert listing(big.path) == expected  # the names are read from the index on first need
+    assert calls == []
+    assert folder.read(7) == b"Subject: m6\n\nbody 6\n"
+
+
+def test_an_old_index_is_a_head_start_and_the_rescan_finds_every_change(big: Maildir) -> None:
+    Folder(big.path).sync()
+    old_index = (big.path / INDEX_FILE).read_bytes()
+    # Changes made by another process after the index was written, including another Maildir
+    # tool removing a file and new mail waiting in new/.
+    new_process()
+    folder = Folder(big.path)
+    folder.sync()
+    folder.store_flags([1, 7], ["\\Flagged"], Mode.ADD)
+    folder.store_flags([2], ["\\Seen"], Mode.REMOVE)
+    folder.expunge([3])
+    doomed = next(m for m in folder.messages() if m.uid == 9)
+    os.unlink(doomed.path)
+    big.deliver(b"Subject: late\n\nlate\n")
+    (big.path / INDEX_FILE).write_bytes(old_index)
+
+    new_process()
+    reopened = Folder(big.path)
+    result = reopened.sync()
+    assert 13 in result.new_uids and 3 not in result.new_uids and 9 not in result.new_uids
+    assert listing(big.path) == scanned(big.path)
+    flags = {uid: flags for uid, flags, _, _ in listing(big.path)}
+    assert flags[1] == {"\\Flagged"} and flags[2] == {"$Work"} and flags[7] >= {"\\Flagged", "\\Seen"}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: raw[: len(raw) // 2],  # torn
+        lambda raw: b"",  # empty
+        lambda raw: raw.replace(b"mailroom-index 2", b"mailroom-index 9", 1),  # another version
+        lambda raw: raw[:-40] + bytes(40),  # names damaged: the columns alone are not trusted
+        lambda raw: raw[:200] + b"\xff" * 20 + raw[220:],  # columns damaged
+        lambda raw: b"garbage\n" * 100,
+    ],
+)
+def test_a_damaged_index_is_ignored(big: Maildir, damage) -> None:  # type: ignore[no-untyped-def]
+    Folder(big.path).sync()
+    expected = scanned(big.path)
+    raw = (big.path / INDEX_FILE).read_bytes()
+    (big.path / INDEX_FILE).write_bytes(damage(raw))
+    new_process()
+    assert listing(big.path) == expected
+    assert Folder(big.path).first_uid_without("\\Seen") == 1
+
+
+def test_index_names_that_do_not_read_back_are_found_in_cur(big: Maildir) -> None:
+    """The columns read fine but the names fail their checksum: names come from cur/ by UID."""
+    Folder(big.path).sync()
+    expected = scanned(big.path)
+    raw = bytearray((big.path / INDEX_FILE).read_bytes())
+    raw[-5] ^= 0xFF  # inside the names section, past the columns' checksum
+    (big.path / INDEX_FILE).write_bytes(bytes(raw))
+    new_process()
+    folder = Folder(big.path)
+    folder.sync()
+    assert read_index(str(big.path)) is not None  # the columns are still usable
+    assert [m.name for m in folder.messages()] == [name for *_, name in expected]
+    assert folder.read(1) == b"Subject: m0\n\nbody 0\n"
+
+
+def test_a_small_folder_keeps_no_index(tmp_path: Path) -> None:
+    box = Maildir(tmp_path / "example.test" / "bob")
+    box.create()
+    box.deliver(b"Subject: one\n\n1\n")
+    Folder(box.path).sync()
+    assert not (box.path / INDEX_FILE).exists()
