@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import os
 import re
+import socket
+import ssl
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import aiosmtpd.smtp
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, _AuthMechAttr
 
 from .. import metrics
 from ..accounts import Directory
 from ..config import SmtpLimits
 from ..shared import Record, SharedTable
 from ..throttle import LoginThrottle, Outcome, throttled_login
+from .handler import labelled
 
 log = logging.getLogger("mailroom.smtp")
 
@@ -104,45 +109,92 @@ class ConnectionLimiter:
         with self.table.locked():
             self.table.put(f"pid:{index}", Record(b=os.getpid()))
 
-    def _live_sum(self, prefix: str) -> int:
-        total = 0
-        for w in range(self.workers):
-            record = self.table.get(f"{prefix}:{w}")
-            owner = self.table.get(f"pid:{w}")
-            if record and owner and record.b == owner.b:
-                total += record.a
-        return total
-
-    def _mine(self, key: str) -> Record:
-        record = self.table.get(key)
-        return record if record and record.b == os.getpid() else Record(b=os.getpid())
-
     def admit(self, ip: str) -> bool:
         now = self.clock()
-        with self.table.locked():
-            rate = self.table.get(f"rate:{ip}")
+        table = self.table
+        pid = os.getpid()
+        with table.locked():
+            rate = table.get(f"rate:{ip}")
             if rate is None or now - rate.t1 > 60:
                 rate = Record(t1=now)
+            # Each worker's counts, summed only when stamped by its live incarnation.
+            total = per_ip = 0
+            mine_total, mine_ip = Record(b=pid), Record(b=pid)
+            for w in range(self.workers):
+                owner = table.get(f"pid:{w}")
+                w_total = table.get(f"total:{w}")
+                w_ip = table.get(f"conn:{ip}:{w}")
+                if owner is not None:
+                    if w_total and w_total.b == owner.b:
+                        total += w_total.a
+                    if w_ip and w_ip.b == owner.b:
+                        per_ip += w_ip.a
+                if w == self.worker:
+                    if w_total and w_total.b == pid:
+                        mine_total = w_total
+                    if w_ip and w_ip.b == pid:
+                        mine_ip = w_ip
             if (
-                self._live_sum("total") >= self.limits.max_connections
-                or self._live_sum(f"conn:{ip}") >= self.limits.max_connections_per_ip
+                total >= self.limits.max_connections
+                or per_ip >= self.limits.max_connections_per_ip
                 or rate.a >= self.limits.connection_rate_per_ip
             ):
                 return False
             rate.a += 1
-            self.table.put(f"rate:{ip}", rate)
-            for key in (f"total:{self.worker}", f"conn:{ip}:{self.worker}"):
-                mine = self._mine(key)
-                mine.a += 1
-                self.table.put(key, mine)
+            table.put(f"rate:{ip}", rate)
+            mine_total.a += 1
+            table.put(f"total:{self.worker}", mine_total)
+            mine_ip.a += 1
+            table.put(f"conn:{ip}:{self.worker}", mine_ip)
         return True
 
     def release(self, ip: str) -> None:
+        pid = os.getpid()
         with self.table.locked():
             for key in (f"total:{self.worker}", f"conn:{ip}:{self.worker}"):
-                mine = self._mine(key)
+                mine = self.table.get(key)
+                if mine is None or mine.b != pid:
+                    mine = Record(b=pid)
                 mine.a = max(0, mine.a - 1)
                 self.table.put(key, mine)
+
+
+# What aiosmtpd's SMTP.__init__ finds by introspection (inspect.getmembers on
+# the protocol and the handler, dir() of both, the EHLO hook's signature) does
+# not change from one connection to the next: look it up once per class.
+_MEMBER_NAMES: dict[type, tuple[str, ...]] = {}
+_EHLO_PARAMS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def _member_names(obj: Any) -> tuple[str, ...]:
+    """dir(obj) for the prefixes aiosmtpd looks for, the class part cached."""
+    cls = type(obj)
+    names = _MEMBER_NAMES.get(cls)
+    if names is None:
+        names = _MEMBER_NAMES[cls] = tuple(n for n in dir(cls) if n.startswith(("auth_", "handle_", "smtp_")))
+    own = getattr(obj, "__dict__", None)
+    if own and any(k.startswith(("auth_", "handle_", "smtp_")) for k in own):
+        return tuple(sorted(set(names).union(k for k in own if k.startswith(("auth_", "handle_", "smtp_")))))
+    return names
+
+
+def _ehlo_params(hook: Callable[..., Any]) -> int:
+    func = getattr(hook, "__func__", None)
+    if func is None:
+        return len(inspect.signature(hook).parameters)
+    count = _EHLO_PARAMS.get(func)
+    if count is None:
+        count = _EHLO_PARAMS[func] = len(inspect.signature(hook).parameters)
+    return count
+
+
+# A MAIL FROM/RCPT TO argument in its everyday form: <dot-atom@host.name>, then
+# nothing or a space and ESMTP parameters. Anything else (quoted local parts,
+# source routes, %, !, comments, address literals...) goes to aiosmtpd's parser.
+_ATEXT = r"[A-Za-z0-9#$&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(
+    rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?: ([A-Za-z0-9].*))?", re.DOTALL
+)
 
 
 class MailroomSMTP(SMTP):
@@ -158,10 +210,10 @@ class MailroomSMTP(SMTP):
         implicit_tls: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(handler, timeout=limits.idle_timeout, **kwargs)
         # aiosmtpd keeps command size limits in a class-level dict shared by all
         # sessions (EHLO raises MAIL's limit for everyone); give each its own.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self._smtp_init(handler, timeout=limits.idle_timeout, **kwargs)
         self.listener = listener
         self.limits = limits
         self.limiter = limiter
@@ -174,6 +226,128 @@ class MailroomSMTP(SMTP):
         self._in_ehlo = False
         self._admitted_ip: str | None = None
         self._deadline: asyncio.TimerHandle | None = None
+
+    def _smtp_init(
+        self,
+        handler: Any,
+        *,
+        data_size_limit: int | None = aiosmtpd.smtp.DATA_SIZE_DEFAULT,
+        enable_SMTPUTF8: bool = False,
+        decode_data: bool = False,
+        hostname: str | None = None,
+        ident: str | None = None,
+        tls_context: Any = None,
+        require_starttls: bool = False,
+        timeout: float = 300,
+        auth_required: bool = False,
+        auth_require_tls: bool = True,
+        auth_exclude_mechanism: Any = None,
+        auth_callback: Any = None,
+        command_call_limit: Any = None,
+        authenticator: Any = None,
+        proxy_protocol_timeout: Any = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """aiosmtpd's SMTP.__init__ with its introspection cached (see _member_names).
+
+        Same attributes, same values; tests/unit/test_smtp_session.py compares the
+        two. What we never use (a TLS context it warns about, a 4-argument EHLO
+        hook, PROXY, call limits, an authenticator) is left to aiosmtpd's own __init__.
+        """
+        handler_names = _member_names(handler)
+        ehlo = getattr(handler, "handle_EHLO", None) if "handle_EHLO" in handler_names else None
+        if (
+            (tls_context is not None and tls_context.verify_mode not in {ssl.CERT_NONE, ssl.CERT_OPTIONAL})
+            or (tls_context is not None and tls_context.check_hostname)
+            or (ehlo is not None and _ehlo_params(ehlo) != 5)
+            or proxy_protocol_timeout is not None
+            or command_call_limit is not None
+            or authenticator is not None
+            or (auth_required and not auth_require_tls)
+        ):
+            SMTP.__init__(
+                self,
+                handler,
+                data_size_limit=data_size_limit,
+                enable_SMTPUTF8=enable_SMTPUTF8,
+                decode_data=decode_data,
+                hostname=hostname,
+                ident=ident,
+                tls_context=tls_context,
+                require_starttls=require_starttls,
+                timeout=timeout,
+                auth_required=auth_required,
+                auth_require_tls=auth_require_tls,
+                auth_exclude_mechanism=auth_exclude_mechanism,
+                auth_callback=auth_callback,
+                command_call_limit=command_call_limit,
+                authenticator=authenticator,
+                proxy_protocol_timeout=proxy_protocol_timeout,
+                loop=loop,
+            )
+            return
+        self.__ident__ = ident or aiosmtpd.smtp.__ident__
+        self.loop = loop if loop else aiosmtpd.smtp.make_loop()
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=self.loop,
+        )
+        self.event_handler = handler
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        self.command_size_limits.clear()
+        self.hostname = hostname if hostname else socket.getfqdn()
+        self.tls_context = tls_context
+        self.require_starttls = tls_context and require_starttls
+        self._timeout_duration = timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = auth_require_tls
+        self._proxy_timeout = None
+        self._auth_callback = auth_callback or aiosmtpd.smtp.login_always_fail
+        self._authenticator = None
+        self._auth_required = auth_required
+
+        own_names = _member_names(self)
+        auth_methods: dict[str, Any] = {}
+        for obj, names in ((self, own_names), (handler, handler_names)):
+            for name in names:
+                if name.startswith("auth_"):
+                    method = getattr(obj, name)
+                    mechanism = getattr(
+                        method, "__auth_mechanism_name__", name.replace("auth_", "").replace("__", "-")
+                    )
+                    auth_methods[mechanism] = _AuthMechAttr(method, obj is self)
+        for m in auth_exclude_mechanism or []:
+            auth_methods.pop(m, None)
+        self._auth_methods = auth_methods
+        self._handle_hooks = {
+            n.replace("handle_", ""): getattr(handler, n) for n in handler_names if n.startswith("handle_")
+        }
+        self._ehlo_hook_ver = None if ehlo is None else "new"
+        self._smtp_methods = {
+            n.replace("smtp_", ""): getattr(self, n) for n in own_names if n.startswith("smtp_")
+        }
+        self._enforce_call_limit = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's _getaddr, without its RFC 5322 parser for the common <user@domain> form."""
+        match = _PLAIN_ADDRESS.fullmatch(arg)
+        if match is None:
+            return super()._getaddr(arg)  # type: ignore[no-any-return]
+        address = match.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, match.group(2) or ""
 
     @property
     def uses_tls(self) -> bool:
@@ -191,7 +365,7 @@ class MailroomSMTP(SMTP):
                 return
             self._admitted_ip = ip
             self._deadline = self.loop.call_later(self.limits.session_timeout, self._expire)
-            metrics.SMTP_CONNECTIONS.labels(self.listener).inc()
+            labelled(metrics.SMTP_CONNECTIONS, self.listener).inc()
             if self.implicit_tls:
                 metrics.SMTP_TLS_SESSIONS.labels(self.listener, "implicit").inc()
         elif self._original_transport is not None:
