@@ -36,7 +36,7 @@ class Selected:
         self.keywords: list[str] = []  # as last announced in FLAGS
 
     def open(self) -> None:
-        self.folder.sync()
+        self.folder.sync(list_first=False)
         self.uids = self.folder.known_uids()
         self.keywords = self.folder.keywords
 

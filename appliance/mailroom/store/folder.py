@@ -1074,13 +1074,16 @@ class Folder:
         """False once all 26 keyword letters are used (PERMANENTFLAGS then lacks \\*)."""
         return len(self.keywords) < MAX_KEYWORDS
 
-    def sync(self) -> SyncResult:
-        """Pick up new mail and other processes' changes; report them relative to the last sync()."""
+    def sync(self, *, list_first: bool = True) -> SyncResult:
+        """Pick up new mail and other processes' changes; report them relative to the last sync().
+
+        list_first=False: the first sync of this object reports no new_uids (the caller reads
+        known_uids() instead), which spares a list of every UID of a big folder."""
         listing = self._listing
         with listing.mutex:
             listing._refresh()
             if self._seen is None or self._seen < listing.log_base:
-                result = self._sync_all(listing)
+                result = self._sync_all(listing, list_first)
             else:
                 touched = sorted(set(listing.log[self._seen - listing.log_base :]))
                 new, gone, changed = [], [], {}
@@ -1102,13 +1105,13 @@ class Folder:
             listing.trim_log()
             return result
 
-    def _sync_all(self, listing: _Listing) -> SyncResult:
+    def _sync_all(self, listing: _Listing, list_first: bool = True) -> SyncResult:
         """First sync, or the change log no longer reaches back to our last one: compare all."""
         if not self._known and not self._own:
             # First sync of this object: everything is new. Copies in C, no loop per message
             # (a warm SELECT of 100,000 messages).
             self._known = listing.uid_array()
-            return SyncResult(self._known.tolist(), [], {})
+            return SyncResult(self._known.tolist() if list_first else [], [], {})
         uids = listing.uid_array()
         known = set(self._known)
         new = [uid for uid in uids if uid not in known]
@@ -1152,14 +1155,25 @@ class Folder:
         """(flags, modseq) of each UID (ascending), None for those not here: FETCH FLAGS, no names."""
         listing = self._listing
         with listing.mutex:
-            start = listing._pos(uids[0]) if uids else None
-            if start is not None:  # usually a run of the listing: its columns, sliced in C
-                stop = start + len(uids)
-                if listing._uids[start:stop] == array("I", uids):
-                    flags = listing._fid_flags
-                    fids, modseqs = listing._fids[start:stop], listing._modseqs[start:stop]
-                    return list(zip([flags[fid] for fid in fids], modseqs, strict=True))
+            run = self.columns(uids)
+            if run is not None:
+                return list(zip(*run, strict=True))
             return [listing.summary(uid) for uid in uids]
+
+    def columns(self, uids: list[int]) -> tuple[list[frozenset[str]], array] | None:
+        """(flags of each, modseqs) if uids are a run of consecutive messages here, else None.
+
+        The usual case for FETCH 1:* in a big folder: the columns are sliced in C."""
+        listing = self._listing
+        with listing.mutex:
+            start = listing._pos(uids[0]) if uids else None
+            if start is None:
+                return None
+            stop = start + len(uids)
+            if listing._uids[start:stop] != array("I", uids):
+                return None
+            flags = listing._fid_flags
+            return [flags[fid] for fid in listing._fids[start:stop]], listing._modseqs[start:stop]
 
     def known_uids(self) -> array:
         """The UIDs sync() has reported and not reported expunged, ascending (a copy)."""
