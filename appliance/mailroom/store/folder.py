@@ -799,11 +799,12 @@ class _Listing:
             moved_from_new = False
             todo = [("cur", n) for n in sorted(broken)]
             todo += [("new", n) for n in sorted(arrivals, key=lambda n: _arrival_key(n, self.path))]
+            where = {"cur": self._cur_path, "new": self._new_path}
             for sub, name in todo:
                 parsed = _Parsed(name)
                 target = _cur_name(parsed.base, uid, modseq, parsed.letters)
                 try:
-                    os.rename(self.path / sub / name, self.path / "cur" / target)
+                    os.rename(os.path.join(where[sub], name), os.path.join(self._cur_path, target))
                 except FileNotFoundError:
                     continue  # expunged or moved by another Maildir tool
                 moved_from_new |= sub == "new"
