@@ -14,6 +14,7 @@ import collections
 import random
 import ssl
 import types
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -147,7 +148,7 @@ def normal(value: Any, protocol: Any) -> Any:
         return ("method", value.__func__, value.__self__ is protocol)
     if isinstance(value, _AuthMechAttr):
         return ("auth", normal(value.method, protocol), value.is_builtin)
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return [(k, normal(v, protocol)) for k, v in value.items()]
     if value is None or isinstance(value, (str, int, float, bool, ssl.SSLContext)):
         return value
@@ -249,3 +250,62 @@ def test_connection_rate_per_address() -> None:
     assert not limiter.admit("192.0.2.1") and limiter.admit("192.0.2.2")
     now[0] += 61
     assert limiter.admit("192.0.2.1")
+
+
+class FakeLoop:
+    """The two loop calls the idle timer uses, on a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[asyncio.TimerHandle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(when, callback, (), self)  # type: ignore[arg-type]
+        self.timers.append(handle)
+        return handle
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        pass
+
+    def get_debug(self) -> bool:
+        return False
+
+    def fire_due(self) -> None:
+        for handle in list(self.timers):
+            if not handle.cancelled() and handle.when() <= self.now:
+                self.timers.remove(handle)
+                handle._run()
+
+
+def test_idle_timeout_fires_once_the_latest_deadline_passed() -> None:
+    loop = FakeLoop()
+    protocol = MailroomSMTP.__new__(MailroomSMTP)
+    protocol.loop = loop  # type: ignore[assignment]
+    protocol._timeout_duration = 300
+    protocol._timeout_handle = None
+    protocol._idle_armed = False
+    timeouts = []
+    protocol._timeout_cb = lambda: timeouts.append(loop.now)  # type: ignore[method-assign]
+    protocol._reset_timeout()
+    for loop.now in (100.0, 250.0):  # commands: the deadline moves to 550
+        protocol._reset_timeout()
+    assert len(loop.timers) == 1  # no new timer per command
+    loop.now = 300.0
+    loop.fire_due()
+    assert timeouts == []
+    loop.now = 549.0
+    loop.fire_due()
+    assert timeouts == []
+    loop.now = 550.0
+    loop.fire_due()
+    assert timeouts == [550.0]
+    # A shorter timeout than the armed one (as for PROXY) is not postponed.
+    loop.now = 1000.0
+    protocol._reset_timeout()
+    protocol._reset_timeout(10)
+    loop.now = 1010.0
+    loop.fire_due()
+    assert timeouts == [550.0, 1010.0]

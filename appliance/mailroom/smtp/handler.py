@@ -26,7 +26,7 @@ from ..filtering import InboundFilter, Verdict, deliver_to_junk
 from ..fsutil import free_bytes
 from ..queue import Envelope as QueueEnvelope
 from ..queue import Spool, SpoolError, srs
-from ..store import DeliveryError, MaildirStore
+from ..store import DeliveryError, Maildir, MaildirStore
 from . import replies
 
 log = logging.getLogger("mailroom.smtp")
@@ -141,6 +141,7 @@ class Handler:
         self.spool = spool
         self._free = 0
         self._free_checked_at = -1e9
+        self._mailboxes: dict[str, Maildir] = {}  # by user address: the users are few and fixed
         self.srs = srs.Srs.from_config(config)  # bounces to forwarded mail: SRS0=...@our domain
 
     async def handle_EHLO(
@@ -291,7 +292,9 @@ class Handler:
                     data = to_maildir_bytes(message)
                     await loop.run_in_executor(None, deliver_to_junk, self.store, user.address, data)
                     continue
-                mailbox = self.store.mailbox(user.address)
+                mailbox = self._mailboxes.get(user.address)
+                if mailbox is None:
+                    mailbox = self._mailboxes[user.address] = self.store.mailbox(user.address)
                 await loop.run_in_executor(None, mailbox.deliver, to_maildir_bytes(message))
             if remote:
                 if self.spool is None:

@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import aiosmtpd.smtp
@@ -188,6 +188,34 @@ def _ehlo_params(hook: Callable[..., Any]) -> int:
     return count
 
 
+_COMMANDS: dict[tuple[str, ...], dict[str, str]] = {}
+
+
+class _Commands(Mapping[str, Any]):
+    """aiosmtpd's {command: bound smtp_ method}, binding only the commands used."""
+
+    __slots__ = ("_names", "_owner")
+
+    def __init__(self, owner: Any, names: tuple[str, ...]) -> None:
+        commands = _COMMANDS.get(names)
+        if commands is None:
+            commands = _COMMANDS[names] = {n.replace("smtp_", ""): n for n in names if n.startswith("smtp_")}
+        self._owner = owner
+        self._names = commands
+
+    def __getitem__(self, command: str) -> Any:
+        return getattr(self._owner, self._names[command])
+
+    def __contains__(self, command: object) -> bool:
+        return command in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 # A MAIL FROM/RCPT TO argument in its everyday form: <dot-atom@host.name>, then
 # nothing or a space and ESMTP parameters. Anything else (quoted local parts,
 # source routes, %, !, comments, address literals...) goes to aiosmtpd's parser.
@@ -226,6 +254,8 @@ class MailroomSMTP(SMTP):
         self._in_ehlo = False
         self._admitted_ip: str | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._idle_until = 0.0
+        self._idle_armed = False
 
     def _smtp_init(
         self,
@@ -381,6 +411,27 @@ class MailroomSMTP(SMTP):
         self.limiter.release(self._admitted_ip)
         self._admitted_ip = None
         super().connection_lost(error)
+
+    # aiosmtpd cancels its idle timer and makes a new one for every command. Here
+    # the timer stays armed and, when it fires before the latest deadline, is
+    # armed again for it: the same timeout, one timer per idle period.
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._idle_until = deadline
+        handle = self._timeout_handle
+        if not self._idle_armed or handle is None or handle.when() > deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(deadline, self._idle_timer)
+            self._idle_armed = True
+
+    def _idle_timer(self) -> None:
+        self._idle_armed = False
+        if self.loop.time() < self._idle_until:
+            self._timeout_handle = self.loop.call_at(self._idle_until, self._idle_timer)
+            self._idle_armed = True
+        else:
+            self._timeout_cb()
 
     def _expire(self) -> None:
         log.info("session deadline peer=%s", self._admitted_ip)
