@@ -313,7 +313,11 @@ class MailboxCommands:
     async def _select(self: Session, command: c.Select, *, readonly: bool) -> Reply:
         if command.qresync is not None and not self.qresync:
             return _bad("QRESYNC must be enabled first (ENABLE QRESYNC)")
-        if self.selected is not None:
+        # `previous` keeps the folder left behind referenced until the new one is open: a reselect
+        # of the same folder (what clients do all day) then reuses the process's listing of it
+        # instead of scanning the folder again (the store keeps only a few unused listings).
+        previous = self.selected
+        if previous is not None:
             self.selected = None
             self.state = State.AUTHENTICATED
             if self.qresync:
@@ -322,7 +326,7 @@ class MailboxCommands:
             self.condstore = True
         mailbox = self._mailbox()
 
-        def open_folder() -> tuple[Selected, int | None, tuple[int, int, int], list | None]:
+        def open_folder() -> tuple[Selected, int | None, tuple[int, int, int], bytes]:
             # One trip to the worker thread for everything SELECT reports (each trip costs a
             # thread hand-off, which on a busy machine is most of a small SELECT's time).
             folder = mailbox.folder(command.mailbox)
