@@ -267,19 +267,24 @@ class MailboxCommands:
 
     async def do_append(self: Session, command: c.Append) -> Reply:
         assert self.user is not None
+        # One worker-thread trip for the whole command, the updates of the selected folder
+        # included (APPEND to the selected folder is what clients saving a draft or a sent
+        # message do).
+        return await self.io_then_updates(command, self._append, command, self.user.quota_bytes)
+
+    def _append(self: Session, command: c.Append, quota: int) -> Reply:
+        """APPEND in a worker thread."""
         mailbox = self._mailbox()
         try:
-            folder = await self.io(mailbox.folder, command.mailbox)
+            folder = mailbox.folder(command.mailbox)
         except (NoSuchFolder, InvalidFolderName):
             return _no("No such folder", b"TRYCREATE")
         messages = command.messages
         total = sum(len(m.message) for m in messages)
         if any(len(m.message) > self.append_limit for m in messages):
             return _no("Message too big", b"TOOBIG")
-        if self.user.quota_bytes:
-            usage = await self.io(Maildir(mailbox.root).usage)
-            if usage + total > self.user.quota_bytes:
-                return _no("Over quota", b"OVERQUOTA")
+        if quota and Maildir(mailbox.root).usage() + total > quota:
+            return _no("Over quota", b"OVERQUOTA")
         if any(m.binary and b"\0" in m.message for m in messages):
             # A literal8 (RFC 3516) may carry NUL, which no IMAP literal may carry back out in
             # FETCH; BINARY is not offered, so such a message is refused rather than stored.
@@ -290,10 +295,10 @@ class MailboxCommands:
                 data = m.message.replace(b"\r\n", b"\n")  # the store keeps LF (see maildir.py)
                 when = m.internal_date.timestamp() if m.internal_date else None
                 flags = [f for f in m.flags or () if f.lower() != "\\recent"]
-                uids.append(await self.io(folder.append, data, flags, when))
+                uids.append(folder.append(data, flags, when))
         except FolderError as exc:
             if uids:  # RFC 3502 6.3.11: a failed MULTIAPPEND appends none of the messages
-                await self.io(_discard, folder, uids)
+                _discard(folder, uids)
             if isinstance(exc, InvalidFlag):
                 return _no(f"Invalid flag: {exc}")
             if isinstance(exc, TooManyKeywords):  # not TRYCREATE: creating the folder won't help
@@ -356,6 +361,7 @@ class MailboxCommands:
         self.selected = selected
         self.state = State.SELECTED
         self.mailbox_name = command.mailbox
+        self._updates = b""  # the folder was read just now: nothing to report yet
         code = r.code("READ-ONLY" if readonly else "READ-WRITE")
         return _ok(f"{'EXAMINE' if readonly else 'SELECT'} completed", code)
 

@@ -100,18 +100,22 @@ class MessageCommands:
         return ok("CLOSE completed")
 
     async def do_expunge(self: Session, command: c.Expunge) -> Reply:
-        return await self._expunge(None)
+        return await self._expunge(command, None)
 
     async def do_uidexpunge(self: Session, command: c.UidExpunge) -> Reply:
         pairs = self._sel().resolve(command.sequence, uid=True)
-        return await self._expunge([uid for _, uid in pairs])
+        return await self._expunge(command, [uid for _, uid in pairs])
 
-    async def _expunge(self: Session, uids: list[int] | None) -> Reply:
+    async def _expunge(self: Session, command: c.Command, uids: list[int] | None) -> Reply:
         selected = self._sel()
         if selected.readonly:
             return no("The folder is read-only", b"READ-ONLY")
-        removed = await self.io(selected.folder.expunge, uids)
-        self.write(selected.forget(removed, qresync=self.qresync))
+        qresync = self.qresync
+
+        def expunge() -> bytes:
+            return selected.forget(selected.folder.expunge(uids), qresync=qresync)
+
+        self.write(await self.io_then_updates(command, expunge))
         return ok("EXPUNGE completed")
 
     # ----------------------------------------------------------------- FETCH
@@ -137,19 +141,17 @@ class MessageCommands:
         for start in range(0, len(pairs), step):
             batch = pairs[start : start + step]
             if cheap:
-                out, gone = await self.io(
-                    functools.partial(
-                        fetching.render_cheap,
-                        with_uid=command.uid,
-                        with_modseq=self.condstore,
-                        changedsince=command.changedsince,
-                    ),
+                render: Callable[[], tuple[bytes, int]] = functools.partial(
+                    fetching.render_cheap,
                     selected,
                     batch,
                     items,
+                    with_uid=command.uid,
+                    with_modseq=self.condstore,
+                    changedsince=command.changedsince,
                 )
             else:
-                out, gone = await self.io(
+                render = functools.partial(
                     self._fetch_batch,
                     selected,
                     batch,
@@ -159,6 +161,10 @@ class MessageCommands:
                     command.uid,
                     command.changedsince,
                 )
+            if start + step >= len(pairs):  # the last batch brings the updates along
+                out, gone = await self.io_then_updates(command, render)
+            else:
+                out, gone = await self.io(render)
             self.write(out)
             missing += gone
             await self.flush_if_large()
@@ -235,7 +241,9 @@ class MessageCommands:
         flags = [flag for flag in command.flags if flag.lower() != "\\recent"]
         mode = {"": Mode.REPLACE, "+": Mode.ADD, "-": Mode.REMOVE}[command.mode]
         try:
-            out, modified = await self.io(self._store, selected, pairs, flags, mode, command)
+            out, modified = await self.io_then_updates(
+                command, self._store, selected, pairs, flags, mode, command
+            )
         except (InvalidFlag, TooManyKeywords) as exc:
             return no(f"Cannot store flags: {exc}")
         self.write(out)

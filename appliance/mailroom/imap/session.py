@@ -131,6 +131,11 @@ VALID_IN: dict[type[c.Command], frozenset[State]] = {
 NO_EXPUNGE = (c.Fetch, c.Store, c.Search, c.Sort, c.Thread)
 
 
+def _may_expunge(command: c.Command) -> bool:
+    """Whether the updates after this command may include EXPUNGE (RFC 3501 7.4.1)."""
+    return getattr(command, "uid", False) or not isinstance(command, NO_EXPUNGE)
+
+
 class Session(MailboxCommands, MessageCommands):
     def __init__(
         self,
@@ -182,6 +187,9 @@ class Session(MailboxCommands, MessageCommands):
         self._deflate: Any = None
         self._pending_read: asyncio.Task[bytes] | None = None
         self._out = bytearray()
+        # The untagged updates of the command being run, when its handler got them in the same
+        # worker-thread trip as its own store call (io_then_updates), or the error that made.
+        self._updates: bytes | Exception | None = None
 
     # ----------------------------------------------------------------- output
 
@@ -246,6 +254,29 @@ class Session(MailboxCommands, MessageCommands):
     def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """Run a (blocking) store call in a worker thread."""
         return asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    def io_then_updates(self, command: c.Command, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """io(fn, *args), then in the same worker-thread trip the selected folder's updates that
+        dispatch() sends before the tagged reply (one thread hand-off per command instead of two).
+
+        For the last store call of a command; the handler must not change the selection after it.
+        """
+        selected = self.selected
+        if selected is None:
+            return self.io(fn, *args)
+        expunge = _may_expunge(command)
+
+        def run() -> T:
+            result = fn(*args)
+            try:
+                self._updates = selected.updates(
+                    expunge=expunge, condstore=self.condstore, qresync=self.qresync
+                )
+            except Exception as exc:  # dispatch() reports it as if its own call had failed
+                self._updates = exc
+            return result
+
+        return self.io(run)
 
     # ----------------------------------------------------------------- the session
 
@@ -331,6 +362,7 @@ class Session(MailboxCommands, MessageCommands):
             return
         await self.count_before_login()
         handler = getattr(self, "do_" + type(command).__name__.lower())
+        self._updates = None
         try:
             reply = await handler(command)
         except Closed:
@@ -343,11 +375,15 @@ class Session(MailboxCommands, MessageCommands):
             return
         if reply.status == "BAD":
             await self.count_bad()
+        updates, self._updates = self._updates, None
         if self.selected is not None and not isinstance(command, c.Logout):
-            uid = getattr(command, "uid", False)
-            expunge = uid or not isinstance(command, NO_EXPUNGE)
             try:
-                await self.send_updates(expunge=expunge)
+                if updates is None:
+                    await self.send_updates(expunge=_may_expunge(command))
+                elif isinstance(updates, Exception):
+                    raise updates
+                else:
+                    self.write(updates)  # the handler's last worker trip got them
             except Exception:  # the folder went away (deleted or renamed by another session)
                 # The client cannot be told that it left the selected state; it must reconnect
                 # (RFC 2180 3.3, what Dovecot does too).

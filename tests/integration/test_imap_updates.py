@@ -1,0 +1,105 @@
+"""The untagged updates another session's changes cause, on the commands that fetch them in the
+same worker-thread trip as their own store call (APPEND, STORE, UID STORE, EXPUNGE, UID EXPUNGE,
+FETCH): each is reported once, before the tagged reply, in the order RFC 3501 7.4.1 allows."""
+
+from __future__ import annotations
+
+import re
+
+from tests.integration.test_imap import Imapd, imapd, message
+from tests.integration.test_imap_conformance import Conn, fill
+
+__all__ = ["imapd"]  # the fixture, imported for pytest
+
+
+def _lines(untagged: bytes) -> list[bytes]:
+    return [line for line in untagged.split(b"\r\n") if line]
+
+
+def test_store_reports_its_own_flags_then_the_other_sessions_changes(imapd: Imapd) -> None:
+    fill(imapd, 3)
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("SELECT INBOX")
+    other.ok("SELECT INBOX")
+    other.ok("STORE 3 +FLAGS (\\Answered)")
+    data = message("from the other session")
+    other.ok(b"APPEND INBOX {%d+}\r\n%b" % (len(data), data))
+    lines = _lines(conn.ok("STORE 1 +FLAGS (\\Flagged)"))
+    expected = [b"* 1 FETCH (FLAGS (\\Flagged))", b"* 4 EXISTS", b"* 3 FETCH (FLAGS (\\Answered))"]
+    assert lines == expected, lines
+    assert conn.ok("NOOP") == b""  # reported once
+    conn.close()
+    other.close()
+
+
+def test_fetch_and_store_hold_back_expunges_that_uid_commands_report(imapd: Imapd) -> None:
+    fill(imapd, 3)
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("SELECT INBOX")
+    other.ok("SELECT INBOX")
+    other.ok("STORE 2 +FLAGS (\\Deleted)")
+    other.ok("EXPUNGE")
+    # FETCH and STORE by number: no EXPUNGE, the client is matching numbers (RFC 3501 7.4.1).
+    fetched = conn.ok("FETCH 1:3 (UID)")
+    assert b"EXPUNGE" not in fetched and b"* 3 FETCH (UID 3)" in fetched, fetched
+    stored = conn.ok("STORE 3 +FLAGS (\\Seen)")
+    assert b"EXPUNGE" not in stored, stored
+    # A UID command may carry it; then the numbers shift.
+    lines = _lines(conn.ok("UID STORE 3 +FLAGS.SILENT (\\Draft)"))
+    assert lines == [b"* 2 EXPUNGE"], lines
+    assert b"* 2 FETCH (UID 3)" in conn.ok("FETCH 2 (UID)")
+    conn.close()
+    other.close()
+
+
+def test_append_to_the_selected_folder_reports_exists_before_appenduid(imapd: Imapd) -> None:
+    fill(imapd, 2)
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("SELECT INBOX")
+    other.ok("SELECT INBOX")
+    other.ok("STORE 1 +FLAGS (\\Seen)")
+    data = message("appended")
+    tagged, untagged = conn.cmd(b"APPEND INBOX (\\Draft) {%d+}\r\n%b" % (len(data), data))
+    assert re.match(rb"OK \[APPENDUID \d+ 3\]", tagged), tagged
+    lines = _lines(untagged)
+    assert lines == [b"* 3 EXISTS", b"* 1 FETCH (FLAGS (\\Seen))"], lines
+    # Appending elsewhere reports the selected folder's changes all the same.
+    other.ok("STORE 2 +FLAGS (\\Flagged)")
+    tagged, untagged = conn.cmd(b"APPEND Drafts {%d+}\r\n%b" % (len(data), data))
+    assert tagged.startswith(b"OK [APPENDUID"), tagged
+    assert _lines(untagged) == [b"* 2 FETCH (FLAGS (\\Flagged))"], untagged
+    conn.close()
+    other.close()
+
+
+def test_uid_expunge_reports_its_own_and_the_other_sessions_changes_in_order(imapd: Imapd) -> None:
+    fill(imapd, 4)
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("SELECT INBOX")
+    other.ok("SELECT INBOX")
+    conn.ok("UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+    other.ok("STORE 4 +FLAGS (\\Deleted)")
+    other.ok("UID EXPUNGE 4")  # only UID 4: UID 2 stays for this session to expunge
+    data = message("late")
+    other.ok(b"APPEND INBOX {%d+}\r\n%b" % (len(data), data))
+    lines = _lines(conn.ok("UID EXPUNGE 2"))
+    # Ours first (UID 2 is message 2), then the other session's expunge of UID 4 (now message 3)
+    # and its new message (3 left, plus one).
+    assert lines == [b"* 2 EXPUNGE", b"* 3 EXPUNGE", b"* 3 EXISTS"], lines
+    uids = conn.ok("FETCH 1:* (UID)")
+    assert re.findall(rb"\* (\d+) FETCH \(UID (\d+)\)", uids) == [(b"1", b"1"), (b"2", b"3"), (b"3", b"5")]
+    conn.close()
+    other.close()
+
+
+def test_select_after_select_keeps_reporting_from_the_new_selection(imapd: Imapd) -> None:
+    fill(imapd, 2)
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("SELECT INBOX")
+    selected = conn.ok("SELECT INBOX")
+    assert b"* 2 EXISTS" in selected and b"FETCH" not in selected, selected
+    other.ok("SELECT INBOX")
+    other.ok("STORE 2 +FLAGS (\\Flagged)")
+    assert _lines(conn.ok("NOOP")) == [b"* 2 FETCH (FLAGS (\\Flagged))"]
+    conn.close()
+    other.close()
