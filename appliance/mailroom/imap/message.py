@@ -641,36 +641,52 @@ def _s(v: bytes | str | None) -> bytes:
 
 
 def _envelope(e: _Entity) -> bytes:
-    from_ = _addresses(e, "from")
-    sender = _addresses(e, "sender") or from_
-    reply_to = _addresses(e, "reply-to") or from_
+    from_ = _address_field(e, "from")
+    sender = _address_field(e, "sender")
+    reply_to = _address_field(e, "reply-to")
     items = [
         _s(e.last("date")),
         _s(e.last("subject")),
-        _address_list(from_),
-        _address_list(sender),
-        _address_list(reply_to),
-        _address_list(_addresses(e, "to")),
-        _address_list(_addresses(e, "cc")),
-        _address_list(_addresses(e, "bcc")),
+        from_,
+        from_ if sender == b"NIL" else sender,
+        from_ if reply_to == b"NIL" else reply_to,
+        _address_field(e, "to"),
+        _address_field(e, "cc"),
+        _address_field(e, "bcc"),
         _s(e.last("in-reply-to")),
         _s(e.last("message-id")),
     ]
     return b"(" + b" ".join(items) + b")"
 
 
+# The same address fields come back message after message (the user's own address in To:, the
+# few people and lists that write): their ENVELOPE form is kept, keyed by the unfolded values.
+# Bounded; emptied when full. Shared by the worker threads (single dict operations).
+_ADDRESS_FIELDS: dict[tuple[bytes, ...], bytes] = {}
+_ADDRESS_FIELDS_MAX = 4096
+
+
+def _address_field(e: _Entity, name: str) -> bytes:
+    """The ENVELOPE address list of every such field together, NIL when there is none."""
+    raws = tuple(e.raw_values(name))
+    if not raws:
+        return b"NIL"
+    rendered = _ADDRESS_FIELDS.get(raws)
+    if rendered is None:
+        out: list[tuple] = []
+        for raw in raws:
+            out += parse_addresses(raw[:MAX_STRUCTURED].decode("latin-1"))
+        rendered = _address_list(out[:MAX_ADDRESSES])
+        if len(_ADDRESS_FIELDS) >= _ADDRESS_FIELDS_MAX:
+            _ADDRESS_FIELDS.clear()
+        _ADDRESS_FIELDS[raws] = rendered
+    return rendered
+
+
 def _address_list(addrs: list[tuple]) -> bytes:
     if not addrs:
         return b"NIL"
     return b"(" + b"".join(b"(" + b" ".join(_s(x) for x in a) + b")" for a in addrs) + b")"
-
-
-def _addresses(e: _Entity, name: str) -> list[tuple]:
-    """The addresses of every such field together (a message with two To: lines has both)."""
-    out: list[tuple] = []
-    for raw in e.raw_values(name):
-        out += parse_addresses(raw[:MAX_STRUCTURED].decode("latin-1"))
-    return out[:MAX_ADDRESSES]
 
 
 _ATOM = re.compile(r'[^\s"\[<>@,;:()]+')  # dots stay in atoms: dot-atoms and "Joe Q. Public"
