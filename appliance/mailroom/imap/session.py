@@ -220,10 +220,10 @@ class Session(MailboxCommands, MessageCommands):
     async def _read(self) -> bytes:
         task = self._pending_read
         self._pending_read = None
-        if task is None:
-            task = asyncio.ensure_future(self.reader.read(READ_SIZE))
         try:
-            data = await asyncio.wait_for(task, self.read_timeout)
+            # A timeout scope rather than wait_for(): no task per read (a read per command).
+            async with asyncio.timeout(self.read_timeout):
+                data = await (self.reader.read(READ_SIZE) if task is None else task)
         except TimeoutError:
             log.info("autologout peer=%s user=%s", self.peer, self.address)
             self.write(r.untagged_status("BYE", "Autologout: idle for too long"))
