@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import aiosmtpd.smtp
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, _AuthMechAttr
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, _AuthMechAttr, _DataState
 
 from .. import metrics
 from ..accounts import Directory
@@ -438,6 +438,143 @@ class MailroomSMTP(SMTP):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(SESSION_EXPIRED.encode() + b"\r\n")  # type: ignore[attr-defined]
             self.transport.close()
+
+    @aiosmtpd.smtp.syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the complete lines already received in one go.
+
+        aiosmtpd reads the message one readuntil() per line. Here the lines that
+        are complete in the stream buffer are taken together; partial lines,
+        overlong lines and waiting for more data go through readuntil() as in
+        aiosmtpd, and the outcome is the same: the end is the first CRLF.CRLF, a
+        line over line_length_limit gives 500, more than data_size_limit 552 (the
+        first of the two to happen wins), dots are unstuffed (test_smtp_session.py
+        compares both on random input).
+        """
+        if self._decode_data or "DATA" not in self._handle_hooks:
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        state, content = await self._read_data()
+        if state is _DataState.TOO_LONG:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()
+            return
+        if state is _DataState.TOO_MUCH:
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is aiosmtpd.smtp.MISSING else status)
+
+    async def _read_data(self) -> tuple[_DataState, bytes]:
+        reader = self._reader
+        buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+        limit = self.data_size_limit
+        line_limit = self.line_length_limit
+        state = _DataState.NOMINAL
+        num_bytes = 0
+        data: list[bytes] = []  # complete lines, CRLF included, in NOMINAL state
+        fragments: list[bytes] = []  # the pieces of an overlong line being drained
+        while self.transport is not None:
+            if not fragments and buffer:
+                # Every complete line in the buffer, up to the end of the data if it is there.
+                if buffer.startswith(b".\r\n"):
+                    end = 0
+                else:
+                    end = buffer.find(b"\r\n.\r\n")
+                    end = end + 2 if end >= 0 else -1
+                if end >= 0:
+                    upto = end
+                else:
+                    last = buffer.rfind(b"\r\n")
+                    upto = last + 2 if last >= 0 else 0
+                if upto > 0:
+                    chunk = bytes(buffer[:upto])
+                    lines = chunk.split(b"\r\n")
+                    lines.pop()  # the empty rest after the last CRLF
+                    if (
+                        state is _DataState.NOMINAL
+                        and (not limit or num_bytes + len(chunk) <= limit)
+                        and max(map(len, lines)) + 2 <= line_limit
+                    ):
+                        num_bytes += len(chunk)
+                        data.append(chunk)
+                    else:  # aiosmtpd's checks line by line, in its order
+                        for line in lines:
+                            if len(line) > line_limit:  # readuntil's LimitOverrunError
+                                if state is _DataState.NOMINAL:
+                                    state = _DataState.TOO_LONG
+                                    data.clear()
+                                continue
+                            num_bytes += len(line) + 2
+                            if state is _DataState.NOMINAL and limit and num_bytes > limit:
+                                state = _DataState.TOO_MUCH
+                                data.clear()
+                            if state is _DataState.NOMINAL:
+                                if len(line) + 2 > line_limit:
+                                    state = _DataState.TOO_LONG
+                                    data.clear()
+                                else:
+                                    data.append(line + b"\r\n")
+                if end >= 0:
+                    del buffer[: end + 3]
+                    reader._maybe_resume_transport()  # type: ignore[attr-defined]
+                    break
+                if upto > 0:
+                    del buffer[:upto]
+                    reader._maybe_resume_transport()  # type: ignore[attr-defined]
+                    if buffer:
+                        continue  # a partial line is left: readuntil waits for the rest
+            # As aiosmtpd: one line, waiting for it, or the part of an overlong one.
+            try:
+                line = await reader.readuntil(b"\r\n")
+            except asyncio.CancelledError:
+                aiosmtpd.smtp.log.info("Connection lost during DATA")
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as e:
+                if state is _DataState.NOMINAL:
+                    state = _DataState.TOO_LONG
+                data.clear()
+                line = await reader.read(e.consumed)
+            if not fragments and line == b".\r\n":
+                break
+            num_bytes += len(line)
+            if state is _DataState.NOMINAL and limit and num_bytes > limit:
+                state = _DataState.TOO_MUCH
+                data.clear()
+            fragments.append(line)
+            if line.endswith(b"\r\n"):
+                if state is _DataState.NOMINAL:
+                    whole = b"".join(fragments)
+                    if len(whole) > line_limit:
+                        state = _DataState.TOO_LONG
+                        data.clear()
+                    else:
+                        data.append(whole)
+                fragments.clear()
+        if state is not _DataState.NOMINAL:
+            return state, b""
+        content = b"".join(data)
+        # Dot-unstuffing (RFC 5321 4.5.2): one leading dot off every line.
+        if content.startswith(b"."):
+            content = content[1:]
+        return state, content.replace(b"\r\n.", b"\r\n")
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_ehlo = True  # EHLO lines are keywords: no enhanced codes there
