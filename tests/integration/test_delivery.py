@@ -442,7 +442,7 @@ def test_sigkill_loses_nothing(remote: Remote, local_factory: Callable[..., Loca
     local.process.wait(10)
     assert local.entries(), "everything was delivered before the kill; the test proves nothing"
     local.start()
-    wait_for(lambda: not list(local.spool.incoming.iterdir()), 30, "the spool to drain")
+    wait_for(lambda: not list(local.spool.incoming.iterdir()), 120, "the spool to drain")
     ids = [m.split(b"Message-ID: <")[1].split(b">")[0] for m in remote.messages("carol@remote.test")]
     assert {f"kill{i}@example.test".encode() for i in range(count)} <= set(ids)
     assert len(ids) - count <= 3  # at most the deliveries in flight at the kill are repeated
