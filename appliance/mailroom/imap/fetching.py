@@ -150,6 +150,7 @@ def render(
 # one format per response, in batches far larger than those that read files.
 _CHEAP_ITEMS = {"UID": (b"UID %d", 1), "FLAGS": (b"FLAGS %s", 2), "MODSEQ": (b"MODSEQ (%d)", 3)}
 CHEAP_BATCH = 10_000
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 def cheap(items: Sequence[f.FetchAttr]) -> bool:
@@ -174,14 +175,13 @@ def render_cheap(
     template = b"* %d FETCH (" + b" ".join(_CHEAP_ITEMS[name][0] for name in order) + b")\r\n"
     pick = itemgetter(0, *(_CHEAP_ITEMS[name][1] for name in order))
     pending = selected.pending_expunge
-    uids = [uid for _, uid in batch]
+    uids = list(map(_SECOND, batch))
     if not pending and changedsince is None:
         run = selected.folder.columns(uids)
         if run is not None:  # every message is here: whole columns zipped into the template
             flags, modseqs = run
             values = {"UID": uids, "FLAGS": [flags_value(f) for f in flags], "MODSEQ": modseqs}
-            seqs = [seq for seq, _ in batch]
-            rows = zip(seqs, *(values[name] for name in order), strict=True)
+            rows = zip(map(_FIRST, batch), *(values[name] for name in order), strict=True)
             return b"".join([template % row for row in rows]), 0
     summaries = selected.folder.summaries(uids)
     out = []
