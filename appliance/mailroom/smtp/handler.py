@@ -212,7 +212,7 @@ class Handler:
             if not resolution:
                 log.info("unknown recipient peer=%s rcpt=%r", session.peer, address)
                 return refuse(server, "rcpt", replies.NO_SUCH_USER)
-            if await self.any_mailbox_full(resolution.local):
+            if any(u.quota_bytes for u in resolution.local) and await self.any_mailbox_full(resolution.local):
                 return refuse(server, "rcpt", replies.MAILBOX_FULL)
             refusal = await self.check_recipient(session, envelope, address, resolution)
             if refusal:

@@ -159,22 +159,39 @@ class ConnectionLimiter:
                 self.table.put(key, mine)
 
 
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+_sanitized_log = aiosmtpd.smtp.sanitized_log
+
+
+def _sanitized_log_if_enabled(func: Callable[..., None], msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd's sanitized_log, which masks AUTH data in every command line it logs,
+    skipped when the logger would drop the line anyway (mail.log is at WARNING)."""
+    logger = getattr(func, "__self__", None)
+    level = _LEVELS.get(getattr(func, "__name__", ""))
+    if isinstance(logger, logging.Logger) and level is not None and not logger.isEnabledFor(level):
+        return
+    _sanitized_log(func, msg, *args, **kwargs)
+
+
+aiosmtpd.smtp.sanitized_log = _sanitized_log_if_enabled
+
 # What aiosmtpd's SMTP.__init__ finds by introspection (inspect.getmembers on
 # the protocol and the handler, dir() of both, the EHLO hook's signature) does
 # not change from one connection to the next: look it up once per class.
-_MEMBER_NAMES: dict[type, tuple[str, ...]] = {}
+_MEMBER_NAMES: dict[tuple[Any, ...], tuple[str, ...]] = {}
 _EHLO_PARAMS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_PREFIXES = ("auth_", "handle_", "smtp_")
 
 
 def _member_names(obj: Any) -> tuple[str, ...]:
-    """dir(obj) for the prefixes aiosmtpd looks for, the class part cached."""
-    cls = type(obj)
-    names = _MEMBER_NAMES.get(cls)
+    """The names in dir(obj) with the prefixes aiosmtpd looks for, cached by class and instance attributes."""
+    own = getattr(obj, "__dict__", None) or {}
+    key = (type(obj), *own)
+    names = _MEMBER_NAMES.get(key)
     if names is None:
-        names = _MEMBER_NAMES[cls] = tuple(n for n in dir(cls) if n.startswith(("auth_", "handle_", "smtp_")))
-    own = getattr(obj, "__dict__", None)
-    if own and any(k.startswith(("auth_", "handle_", "smtp_")) for k in own):
-        return tuple(sorted(set(names).union(k for k in own if k.startswith(("auth_", "handle_", "smtp_")))))
+        if len(_MEMBER_NAMES) > 1000:  # objects that keep changing attributes: stay bounded
+            _MEMBER_NAMES.clear()
+        names = _MEMBER_NAMES[key] = tuple(n for n in dir(obj) if n.startswith(_PREFIXES))
     return names
 
 
