@@ -9,6 +9,9 @@ without it (tests, admin commands) the metrics simply live in the process.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 SMTP_CONNECTIONS = Counter("mailroom_smtp_connections", "SMTP connections accepted", ["listener"])
@@ -113,3 +116,10 @@ FILTER_ENGINE_ERRORS = Counter(
     "Filtering engines that failed (kind: timeout, error), whatever the fail-open/closed choice",
     ["engine", "kind"],
 )
+
+
+@functools.lru_cache(maxsize=1024)
+def labelled(metric: Any, *labels: str) -> Any:
+    """metric.labels(*labels), looked up once (labels() takes a lock and builds a key per call):
+    for label values from a small fixed set, on paths that count per command or per read."""
+    return metric.labels(*labels)

@@ -201,7 +201,7 @@ class Session(MailboxCommands, MessageCommands):
             return
         data = bytes(self._out)
         self._out.clear()
-        metrics.IMAP_BYTES.labels("out").inc(len(data))
+        metrics.labelled(metrics.IMAP_BYTES, "out").inc(len(data))
         if self._deflate is not None:
             data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
         self.writer.write(data)
@@ -242,7 +242,7 @@ class Session(MailboxCommands, MessageCommands):
                 raise Closed from None
             if self._inflate.unconsumed_tail:  # a deflate bomb: far more out than in
                 raise Closed
-        metrics.IMAP_BYTES.labels("in").inc(len(data))
+        metrics.labelled(metrics.IMAP_BYTES, "in").inc(len(data))
         return data
 
     async def next_event(self) -> Any:
@@ -321,7 +321,7 @@ class Session(MailboxCommands, MessageCommands):
             return
         if isinstance(event, ParseError):
             self.write(event.to_response())
-            metrics.IMAP_COMMANDS.labels("(invalid)", "BAD").inc()
+            metrics.labelled(metrics.IMAP_COMMANDS, "(invalid)", "BAD").inc()
             if event.fatal:
                 self.write(r.untagged_status("BYE", "Protocol error, closing connection"))
                 raise Closed
@@ -352,12 +352,12 @@ class Session(MailboxCommands, MessageCommands):
         name = command.name
         if isinstance(command, c.Unknown):
             self.write(r.tagged(command.tag, "BAD", f"Unknown command {command.command[:40]}"))
-            metrics.IMAP_COMMANDS.labels("(unknown)", "BAD").inc()
+            metrics.labelled(metrics.IMAP_COMMANDS, "(unknown)", "BAD").inc()
             await self.count_bad()
             return
         if self.state not in VALID_IN.get(type(command), frozenset()):
             self.write(r.tagged(command.tag, "BAD", f"{name} is not valid in the {self.state.value} state"))
-            metrics.IMAP_COMMANDS.labels(name, "BAD").inc()
+            metrics.labelled(metrics.IMAP_COMMANDS, name, "BAD").inc()
             await self.count_bad()
             return
         await self.count_before_login()
@@ -371,7 +371,7 @@ class Session(MailboxCommands, MessageCommands):
             log.exception("%s failed user=%s peer=%s", name, self.address, self.peer)
             reply = no("Server error, try again later", b"SERVERBUG")
         if reply is None:  # the handler answered itself
-            metrics.IMAP_COMMANDS.labels(name, "OK").inc()
+            metrics.labelled(metrics.IMAP_COMMANDS, name, "OK").inc()
             return
         if reply.status == "BAD":
             await self.count_bad()
@@ -391,7 +391,7 @@ class Session(MailboxCommands, MessageCommands):
                 self.write(r.untagged_status("BYE", "The selected folder was deleted or renamed"))
                 raise Closed from None
         self.write(r.tagged(command.tag, reply.status, reply.text, reply.code))
-        metrics.IMAP_COMMANDS.labels(name, reply.status).inc()
+        metrics.labelled(metrics.IMAP_COMMANDS, name, reply.status).inc()
         await self.flush()
 
     async def send_updates(self, *, expunge: bool = True) -> None:
@@ -414,7 +414,7 @@ class Session(MailboxCommands, MessageCommands):
     async def do_logout(self, command: c.Logout) -> Reply:
         self.write(r.untagged_status("BYE", "Mailroom IMAP server signing off"))
         self.write(r.tagged(command.tag, "OK", "LOGOUT completed"))
-        metrics.IMAP_COMMANDS.labels("LOGOUT", "OK").inc()
+        metrics.labelled(metrics.IMAP_COMMANDS, "LOGOUT", "OK").inc()
         raise Closed
 
     async def do_id(self, command: c.Id) -> Reply:
