@@ -103,3 +103,25 @@ def test_select_after_select_keeps_reporting_from_the_new_selection(imapd: Imapd
     assert _lines(conn.ok("NOOP")) == [b"* 2 FETCH (FLAGS (\\Flagged))"]
     conn.close()
     other.close()
+
+
+def test_a_change_just_before_done_is_reported_before_idle_ends(imapd: Imapd) -> None:
+    fill(imapd, 2)
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("SELECT INBOX")
+    other.ok("SELECT INBOX")
+    for flag in ("\\Flagged", "\\Answered"):
+        conn.send(b"i1 IDLE\r\n")
+        assert conn.line().startswith(b"+ ")
+        other.ok(f"STORE 2 +FLAGS ({flag})")  # then DONE at once, before the watcher's next look
+        conn.send(b"DONE\r\n")
+        tagged, untagged = conn.until("i1")
+        assert tagged.startswith(b"OK"), tagged
+        assert flag.encode() in untagged and untagged.startswith(b"* 2 FETCH"), untagged
+    # A quiet IDLE ends with nothing but its tagged reply.
+    conn.send(b"i2 IDLE\r\n")
+    assert conn.line().startswith(b"+ ")
+    conn.send(b"DONE\r\n")
+    assert conn.until("i2") == (b"OK IDLE terminated", b"")
+    conn.close()
+    other.close()

@@ -39,7 +39,7 @@ from .protocol import CommandParser, ContinuationNeeded, IdleDone, ParseError, S
 from .protocol import commands as c
 from .protocol import responses as r
 from .selected import Selected
-from .watcher import FolderWatcher
+from .watcher import FolderWatcher, signature
 
 log = logging.getLogger("mailroom.imap")
 
@@ -547,10 +547,11 @@ class Session(MailboxCommands, MessageCommands):
             await self.flush()
             event = await self.next_event()
             return self._idle_end(event)
-        selected = self.selected
+        path = self.selected.folder.path
+        seen = signature(path)  # taken before the sync: a change after it changes the signature
         await self.send_updates()
         await self.flush()
-        with self.watcher.watch(selected.folder.path) as changed:
+        with self.watcher.watch(path, seen) as changed:
             while not self.events:
                 if self._pending_read is None:
                     self._pending_read = asyncio.ensure_future(self.reader.read(READ_SIZE))
@@ -568,10 +569,16 @@ class Session(MailboxCommands, MessageCommands):
                     raise Closed
                 if changed.is_set():
                     changed.clear()
+                    seen = signature(path)
                     await self.send_updates()
                     await self.flush()
                 if self._pending_read is not None and self._pending_read.done():
                     self.events.extend(self.parser.feed(await self._read()))
+        if signature(path) == seen:
+            # Nothing changed since the last sync: no updates to read after DONE (a worker-thread
+            # trip saved). Two changes within one tick of the file system's clock may look like
+            # none; the client's next command then reports them.
+            self._updates = b""
         return self._idle_end(self.events.popleft())
 
     def _idle_end(self, event: Any) -> Reply:

@@ -41,12 +41,13 @@ class FolderWatcher:
         self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
-    def watch(self, path: Path) -> Iterator[asyncio.Event]:
-        """An event set whenever the folder at path changes, for as long as the block runs."""
+    def watch(self, path: Path, since: tuple[int, ...] | None = None) -> Iterator[asyncio.Event]:
+        """An event set whenever the folder at path changes, for as long as the block runs;
+        `since` is the folder's signature() as the caller last read it, if it has one."""
         event = asyncio.Event()
         entry = self._watched.get(path)
         if entry is None:
-            entry = self._watched[path] = (signature(path), set())
+            entry = self._watched[path] = (signature(path) if since is None else since, set())
         entry[1].add(event)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._poll())
