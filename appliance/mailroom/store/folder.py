@@ -35,9 +35,12 @@ Rebuild
 
 Durability
     A message and its UID are on disk before anyone is told about them: new files, the renames
-    that give UIDs, expunges and the state file that records UIDNEXT are fsynced. Flag changes
-    are not (Dovecot does not fsync them either): after a crash the last flag changes may be
-    gone, and a state file older than the names is healed from them (see Rebuild).
+    that give UIDs (cur/ is fsynced) and expunges are. The state file is rewritten after each of
+    these, but fsynced only after an expunge: while every UID handed out is in a durable name, a
+    state file that a crash took back (or tore) is healed upwards from the names (see Rebuild);
+    only an expunge removes the name that proved a UID was used, so the UIDNEXT above it must be
+    on disk first. Flag changes are not fsynced (Dovecot does not fsync them either): after a
+    crash the last flag changes may be gone.
 
 Locking
     ``flock(LOCK_EX)`` on ``mailroom-lock`` around every change: UID assignment, flag renames,
@@ -814,6 +817,10 @@ class _Listing:
             if moved_from_new:
                 fsync_dir(self.path / "new")
             state = _State(state.uidvalidity, uid, modseq)
+            # The names that carry the new UIDs are durable now, and the state heals upwards
+            # from them (see Durability): no fsync for the state here.
+            self._write_state(state, durable=False)
+            return
         self._write_state(state)
 
     def _rebuilt_state(self, max_uid: int, max_modseq: int) -> _State:
@@ -971,7 +978,7 @@ class _Listing:
                 uids.append(uid)
                 uid += 1
             fsync_dir(self.path / "cur")
-            self._write_state(_State(state.uidvalidity, uid, modseq))
+            self._write_state(_State(state.uidvalidity, uid, modseq), durable=False)  # see Durability
             return uids
 
     def remove(self, doomed: Iterable[int]) -> list[int]:
