@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from . import lexer
@@ -72,10 +73,15 @@ class Section:
 
     def response_name(self) -> bytes:
         """The item name in the FETCH response: no .PEEK, only the origin of a partial (7.4.2)."""
-        out = self.kind.encode("ascii") + self.section_bytes()
-        if self.partial:
-            out += b"<%d>" % self.partial[0]
-        return out
+        return _response_name(self)
+
+
+@functools.lru_cache(maxsize=256)  # written once per message fetched: the same few sections
+def _response_name(section: Section) -> bytes:
+    out = section.kind.encode("ascii") + section.section_bytes()
+    if section.partial:
+        out += b"<%d>" % section.partial[0]
+    return out
 
 
 FetchAttr = Attr | Section

@@ -76,8 +76,11 @@ def mailbox(name: str, *, utf8: bool = False) -> bytes:
 
 def _text(text: str) -> bytes:
     """Human-readable text: one line, no CR/LF (RFC 3501 9, text)."""
-    clean = "".join(ch if ch not in "\r\n\0" else " " for ch in text) or "."
-    return clean.encode("utf-8", "replace")
+    if not text:
+        return b"."
+    if "\r" in text or "\n" in text or "\0" in text:
+        text = text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
+    return text.encode("utf-8", "replace")
 
 
 def uid_set(uids: Iterable[int]) -> str:
