@@ -221,9 +221,12 @@ class Session(MailboxCommands, MessageCommands):
         task = self._pending_read
         self._pending_read = None
         try:
-            # A timeout scope rather than wait_for(): no task per read (a read per command).
-            async with asyncio.timeout(self.read_timeout):
-                data = await (self.reader.read(READ_SIZE) if task is None else task)
+            if task is not None and task.done():  # what IDLE waited for
+                data = task.result()
+            else:
+                # A timeout scope rather than wait_for(): no task per read (a read per command).
+                async with asyncio.timeout(self.read_timeout):
+                    data = await (self.reader.read(READ_SIZE) if task is None else task)
         except TimeoutError:
             log.info("autologout peer=%s user=%s", self.peer, self.address)
             self.write(r.untagged_status("BYE", "Autologout: idle for too long"))

@@ -22,11 +22,15 @@ from ..store.folder import STATE_FILE
 DEFAULT_INTERVAL = 0.25  # seconds: mail shows up in IDLE well within a second
 
 
+_PARTS = ("/new", "/cur", "/" + STATE_FILE)
+
+
 def signature(path: Path) -> tuple[int, ...]:
+    base = os.fspath(path)  # string joins: three Path objects cost more than the three stats
     out: list[int] = []
-    for sub in ("new", "cur", STATE_FILE):
+    for sub in _PARTS:
         try:
-            st = os.stat(path / sub)
+            st = os.stat(base + sub)
         except FileNotFoundError:
             out += (0, 0, 0)
         else:
