@@ -32,7 +32,7 @@ from ..accounts import Directory, User
 from ..config import ImapLimits
 from ..store import Mailbox
 from ..throttle import LoginThrottle, Outcome, throttled_login
-from .base import Closed, Reply, State, bad, no, ok
+from .base import WORKERS, Closed, Reply, State, bad, no, ok
 from .mailbox_commands import MailboxCommands
 from .message_commands import MessageCommands
 from .protocol import CommandParser, ContinuationNeeded, IdleDone, ParseError, SaslResponse
@@ -256,7 +256,7 @@ class Session(MailboxCommands, MessageCommands):
 
     def io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """Run a (blocking) store call in a worker thread."""
-        return asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+        return WORKERS.run(functools.partial(fn, *args, **kwargs))
 
     def io_then_updates(self, command: c.Command, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """io(fn, *args), then in the same worker-thread trip the selected folder's updates that

@@ -1,0 +1,76 @@
+"""The worker threads that run imapd's store calls (imap.base.WorkerThreads)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from mailroom.imap.base import WORKERS, WorkerThreads
+
+
+def test_results_and_exceptions_reach_the_awaiting_coroutine_from_other_threads() -> None:
+    workers = WorkerThreads(3)
+    main = threading.get_ident()
+
+    def boom() -> None:
+        raise FileNotFoundError("gone")
+
+    async def run() -> None:
+        results = await asyncio.gather(
+            *(workers.run(lambda n=n: (n * n, threading.get_ident())) for n in range(50))
+        )
+        assert [square for square, _ in results] == [n * n for n in range(50)]
+        threads = {ident for _, ident in results}
+        assert main not in threads and 1 <= len(threads) <= 3
+        with pytest.raises(FileNotFoundError, match="gone"):
+            await workers.run(boom)
+
+    asyncio.run(run())
+    asyncio.run(run())  # a second event loop is served by the same threads
+
+
+def test_a_cancelled_wait_leaves_the_call_to_finish_quietly() -> None:
+    workers = WorkerThreads(1)
+    release, finished = threading.Event(), threading.Event()
+    errors: list[dict] = []
+
+    def slow() -> str:
+        release.wait(5)
+        finished.set()
+        return "late"
+
+    async def run() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+        future = workers.run(slow)
+        future.cancel()
+        release.set()
+        assert await asyncio.to_thread(finished.wait, 5)
+        await asyncio.sleep(0.05)  # the settling callback runs on this loop, finds it cancelled
+        assert await workers.run(lambda: "next") == "next"
+
+    asyncio.run(run())
+    assert errors == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_starts_its_own_threads() -> None:
+    async def call() -> int:
+        return await WORKERS.run(os.getpid)
+
+    assert asyncio.run(call()) == os.getpid()  # the parent's threads are running
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            ok = asyncio.run(asyncio.wait_for(call(), 5)) == os.getpid()
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
