@@ -125,3 +125,21 @@ def test_a_change_just_before_done_is_reported_before_idle_ends(imapd: Imapd) ->
     assert conn.until("i2") == (b"OK IDLE terminated", b"")
     conn.close()
     other.close()
+
+
+def test_flags_come_before_a_store_fetch_that_names_a_new_keyword(imapd: Imapd) -> None:
+    fill(imapd, 2)
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("SELECT INBOX")
+    other.ok("SELECT INBOX")
+    lines = _lines(conn.ok("STORE 1 +FLAGS (Project)"))  # a keyword this STORE defines
+    assert lines[0].startswith(b"* FLAGS (") and b"Project" in lines[0], lines
+    assert lines[2] == b"* 1 FETCH (FLAGS (Project))", lines
+    other.ok("STORE 2 +FLAGS (Later)")  # defined by the other session, on the message stored next
+    lines = _lines(conn.ok("STORE 2 +FLAGS (\\Flagged)"))
+    assert lines[0].startswith(b"* FLAGS (") and b"Later" in lines[0], lines
+    assert lines[2] == b"* 2 FETCH (FLAGS (Later \\Flagged))", lines
+    # System flags only, nothing new: no FLAGS at all.
+    assert _lines(conn.ok("STORE 1 +FLAGS (\\Seen)")) == [b"* 1 FETCH (FLAGS (Project \\Seen))"]
+    conn.close()
+    other.close()

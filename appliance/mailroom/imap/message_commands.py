@@ -270,7 +270,13 @@ class MessageCommands:
                 else:
                     targets.append((seq, uid))
         result = selected.folder.store_flags([uid for _, uid in targets], flags, mode)
-        out = bytearray(selected.keyword_update())  # FLAGS before a FETCH with a new keyword
+        # FLAGS before a FETCH naming a keyword the client was not told of (RFC 3501 7.2.6). The
+        # folder's keywords are looked up (a look at the folder) only when a result has one.
+        announced = selected.keywords
+        if any(f[0] != "\\" and f not in announced for new_flags, _ in result.values() for f in new_flags):
+            out = bytearray(selected.keyword_update())
+        else:
+            out = bytearray()
         for seq, uid in targets:
             if uid not in result:
                 continue
