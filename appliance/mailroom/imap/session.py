@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import ssl
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ T = TypeVar("T")
 TLS_HANDSHAKE_TIMEOUT = 30.0
 READ_SIZE = 65536
 FLUSH_AT = 256 * 1024  # octets of output gathered before a drain during long responses
+OCTETS_COUNTED_EVERY = 1.0  # seconds between additions to the octet counters of a session
 
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE")
 AUTHENTICATED_CAPABILITIES = (
@@ -190,6 +192,8 @@ class Session(MailboxCommands, MessageCommands):
         # The untagged updates of the command being run, when its handler got them in the same
         # worker-thread trip as its own store call (io_then_updates), or the error that made.
         self._updates: bytes | Exception | None = None
+        self._octets = [0, 0]  # in, out: not added to metrics.IMAP_BYTES yet
+        self._octets_due = 0.0  # time.monotonic() when they are added next
 
     # ----------------------------------------------------------------- output
 
@@ -201,7 +205,8 @@ class Session(MailboxCommands, MessageCommands):
             return
         data = bytes(self._out)
         self._out.clear()
-        metrics.labelled(metrics.IMAP_BYTES, "out").inc(len(data))
+        self._octets[1] += len(data)
+        self._count_octets()
         if self._deflate is not None:
             data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
         self.writer.write(data)
@@ -245,8 +250,22 @@ class Session(MailboxCommands, MessageCommands):
                 raise Closed from None
             if self._inflate.unconsumed_tail:  # a deflate bomb: far more out than in
                 raise Closed
-        metrics.labelled(metrics.IMAP_BYTES, "in").inc(len(data))
+        self._octets[0] += len(data)
+        self._count_octets()
         return data
+
+    def _count_octets(self, *, now: bool = False) -> None:
+        """Add the octets in and out to the metric at most once a second (and at the end): each
+        addition is a write to the shared metrics file, and there are two or more per command."""
+        at = time.monotonic()
+        if now or at >= self._octets_due:
+            octets_in, octets_out = self._octets
+            self._octets = [0, 0]
+            self._octets_due = at + OCTETS_COUNTED_EVERY
+            if octets_in:
+                metrics.labelled(metrics.IMAP_BYTES, "in").inc(octets_in)
+            if octets_out:
+                metrics.labelled(metrics.IMAP_BYTES, "out").inc(octets_out)
 
     async def next_event(self) -> Any:
         while not self.events:
@@ -315,6 +334,7 @@ class Session(MailboxCommands, MessageCommands):
                 await asyncio.wait_for(self.flush(), 5)
             if self._pending_read is not None:
                 self._pending_read.cancel()
+            self._count_octets(now=True)
             if self.user is not None:
                 log.info("logout user=%s peer=%s", self.address, self.peer)
 
