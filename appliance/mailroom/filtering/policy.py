@@ -187,27 +187,21 @@ class InboundFilter:
             finally:
                 metrics.FILTER_SCAN_SECONDS.labels(engine).observe(time.monotonic() - started)
 
-        async def none() -> None:
-            return None
-
-        spf_task = (
-            timed("spf", spf.check(ip, envelope_sender, helo, settings.dns_timeout))
-            if settings.spf
-            else none()
-        )
-        dkim_task = (
-            timed("dkim", dkim.check(cleaned, self.resolver)) if settings.dkim or settings.dmarc else none()
-        )
-        virus_task = self._scan_virus(cleaned) if settings.clamav.enabled else none()
-        spam_task = (
-            self._scan_spam(cleaned, ip, helo, envelope_sender, recipients, queue_id)
-            if self.rspamd
-            else none()
-        )
-        listings_task = self.listings(session)
-        spf_result, dkim_results, virus, spam, listings = await asyncio.gather(
-            spf_task, dkim_task, virus_task, spam_task, listings_task
-        )
+        # Only the engines that are on run (with all off, a message costs no task at all).
+        checks: dict[str, Any] = {}
+        if settings.spf:
+            checks["spf"] = timed("spf", spf.check(ip, envelope_sender, helo, settings.dns_timeout))
+        if settings.dkim or settings.dmarc:
+            checks["dkim"] = timed("dkim", dkim.check(cleaned, self.resolver))
+        if settings.clamav.enabled:
+            checks["virus"] = self._scan_virus(cleaned)
+        if self.rspamd:
+            checks["spam"] = self._scan_spam(cleaned, ip, helo, envelope_sender, recipients, queue_id)
+        if self.connection(session).dnsbl is not None:
+            checks["listings"] = self.listings(session)
+        done = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True)) if checks else {}
+        spf_result, dkim_results, virus, spam = (done.get(k) for k in ("spf", "dkim", "virus", "spam"))
+        listings: list[dnsbl.Listing] = done.get("listings", [])
         dkim_results = dkim_results or []
         dmarc_result = (
             await timed("dmarc", dmarc.check(cleaned, spf_result, dkim_results, self.resolver))
@@ -236,7 +230,6 @@ class InboundFilter:
             authenticated.append(envelope_sender.lower())
         if dmarc_result is not None and dmarc_result.result == "pass":
             authenticated.extend(_from_addresses(cleaned))
-        from_addresses = _from_addresses(cleaned)
 
         def lists(user: str) -> SenderList:
             return settings.lists_of(user) or SenderList()
@@ -284,7 +277,9 @@ class InboundFilter:
         if any(listing.action == "junk" for listing in listings):
             junk.update(users)
             reasons.append("dnsbl")
-        for user in users:
+        blockers = [user for user in users if lists(user).block]
+        from_addresses = _from_addresses(cleaned) if blockers else []  # parsed only if needed
+        for user in blockers:
             if any(matches(lists(user).block, a) for a in from_addresses):
                 junk.add(user)
                 reasons.append(f"blocked-by-{user}")
