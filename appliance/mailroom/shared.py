@@ -87,18 +87,19 @@ class SharedTable:
     def _find(self, h: int) -> tuple[int, bool]:
         """(slot, found): the key's slot, else a free one, else the oldest in its window."""
         start = h % self.slots
-        free = -1
         oldest, oldest_t = start, float("inf")
         for i in range(PROBE):
             slot = (start + i) % self.slots
             key, _, _, t1, _ = _SLOT.unpack_from(self._mem, _HEADER + slot * _SLOT.size)
             if key == h:
                 return slot, True
-            if key == 0 and free < 0:
-                free = slot
-            elif key != 0 and t1 < oldest_t:
+            if key == 0:
+                # Slots are never emptied (a full window evicts, it does not delete), so a key
+                # is always stored before the first free slot of its window: it is not here.
+                return slot, False
+            if t1 < oldest_t:
                 oldest, oldest_t = slot, t1
-        return (free if free >= 0 else oldest), False
+        return oldest, False
 
     def get(self, key: str) -> Record | None:
         """The record of a key (call inside locked())."""
