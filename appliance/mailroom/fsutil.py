@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -66,7 +67,7 @@ def group_sync(path: Path) -> None:
     syncer.sync()
 
 
-def write_synced(path: Path, data: bytes) -> None:
+def write_synced(path: Path | str, data: bytes) -> None:
     """Create path (which must not exist) with data, fsynced; remove it again on any error."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -76,7 +77,8 @@ def write_synced(path: Path, data: bytes) -> None:
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         raise
     os.close(fd)
 

@@ -9,6 +9,8 @@ was acknowledged and lost.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import os
 import socket
@@ -36,8 +38,13 @@ def _unique_name(size: int, wire: int) -> str:
     now = time.time()
     seconds = int(now)
     usec = int((now - seconds) * 1_000_000)
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size},W={wire}"
+    return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{_host()},S={size},W={wire}"
+
+
+@functools.cache
+def _host() -> str:
+    """The host name as Maildir names carry it (asked once: a uname() per message otherwise)."""
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
 
 class Maildir:
@@ -45,10 +52,14 @@ class Maildir:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._new = path / "new"
+        self._tmp_path, self._new_path = str(path / "tmp"), str(self._new)
+        self._exists = False  # seen complete once; a delivery that finds it gone looks again
 
     def create(self) -> None:
         """Create the folder if missing; directory entries are made durable too."""
-        if (self.path / "new").is_dir():
+        if self._new.is_dir():
+            self._exists = True
             return
         missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         # new/ last: other threads take its existence to mean the folder is complete.
@@ -60,18 +71,23 @@ class Maildir:
 
     def deliver(self, data: bytes) -> str:
         """Store a message in new/ durably; return its file name."""
-        self.create()
+        if not self._exists:
+            self.create()
         name = _unique_name(len(data), wire_size(data))
-        tmp = self.path / "tmp" / name
-        new = self.path / "new" / name
+        tmp = os.path.join(self._tmp_path, name)
         try:
-            write_synced(tmp, data)
+            try:
+                write_synced(tmp, data)
+            except FileNotFoundError:  # the folder was removed since we last saw it
+                self.create()
+                write_synced(tmp, data)
             # rename is atomic: readers see the whole message in new/ or nothing.
-            os.rename(tmp, new)
+            os.rename(tmp, os.path.join(self._new_path, name))
             # One fsync of new/ serves all the messages renamed into it meanwhile.
-            group_sync(new.parent)
+            group_sync(self._new)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise DeliveryError(f"cannot store message in {self.path}: {exc}") from exc
         return name
 
