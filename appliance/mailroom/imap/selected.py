@@ -38,7 +38,7 @@ class Selected:
     def open(self) -> None:
         self.folder.sync(list_first=False)
         self.uids = self.folder.known_uids()
-        self.keywords = self.folder.keywords
+        self.keywords = self.folder.keywords_as_synced()
 
     def flags_announcement(self) -> bytes:
         """FLAGS and PERMANENTFLAGS: at SELECT, and again whenever a keyword is defined."""
@@ -49,10 +49,11 @@ class Selected:
         code = r.code("PERMANENTFLAGS", [r.Atom(f) for f in permanent])
         return r.flags(defined) + r.untagged_status("OK", "Flags permitted", code)
 
-    def keyword_update(self) -> bytes:
+    def keyword_update(self, *, synced: bool = False) -> bytes:
         """A new FLAGS response if the folder's keywords changed (RFC 3501 7.2.6: the client
-        records it; a FETCH naming a keyword it has not seen in FLAGS confuses some clients)."""
-        keywords = self.folder.keywords
+        records it; a FETCH naming a keyword it has not seen in FLAGS confuses some clients).
+        synced: the folder was just synced, so its keywords need no second look at the disk."""
+        keywords = self.folder.keywords_as_synced() if synced else self.folder.keywords
         if keywords == self.keywords:
             return b""
         self.keywords = keywords
@@ -142,7 +143,7 @@ class Selected:
     def updates(self, *, expunge: bool, condstore: bool, qresync: bool) -> bytes:
         """Untagged responses for what changed since the last call (and our own expunges)."""
         result = self.folder.sync()
-        out = bytearray(self.keyword_update())
+        out = bytearray(self.keyword_update(synced=True))
         self.pending_expunge.update(result.expunged_uids)
         if expunge and self.pending_expunge:
             out += self.forget(self.pending_expunge, qresync=qresync)

@@ -298,12 +298,16 @@ def _arrival_key(name: str, folder: Path) -> tuple[int, int, str]:
         return (0, 0, name)
 
 
-def _read_bytes(path: Path) -> bytes | None:
+def _read_bytes(path: Path | str) -> bytes | None:
+    # os.open/os.read: a buffered open() adds an fstat, an isatty and a seek, on every check.
     try:
-        with open(path, "rb") as handle:
-            return handle.read(4096)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
 
 
 def _replace_synced(path: Path, data: bytes) -> None:
@@ -1069,12 +1073,23 @@ class Folder:
     def highestmodseq(self) -> int:
         return self._listing.current_state().highestmodseq
 
+    def state(self) -> tuple[int, int, int]:
+        """(UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ) from one look at the folder."""
+        state = self._listing.current_state()
+        return state.uidvalidity, state.uidnext, state.highestmodseq
+
     @property
     def keywords(self) -> list[str]:
         """Keywords defined in this folder (for the FLAGS response)."""
         listing = self._listing
         with listing.mutex:
             listing._refresh()
+            return list(listing._keywords)
+
+    def keywords_as_synced(self) -> list[str]:
+        """The keywords as of the last look at the folder (right after sync(): no second look)."""
+        listing = self._listing
+        with listing.mutex:
             return list(listing._keywords)
 
     @property
