@@ -29,6 +29,12 @@ from .tls import server_context
 
 log = logging.getLogger("mailroom")
 
+LISTEN_BACKLOG = 512  # connections the kernel queues for a listener
+
+
+class _ThisWorker:
+    index = 0  # which pre-fork worker this process is (run_workers sets it after the fork)
+
 
 def setup_logging(level: str) -> None:
     logging.basicConfig(
@@ -53,24 +59,57 @@ def bind(listener: Listener, wait: float = 10.0) -> socket.socket:
     After a crash the workers of the old daemon may still be closing their
     copies of the socket for a moment; a restart must not fail because of it.
     """
+    sock = _bound(listener, wait)
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_group(listener: Listener, copies: int, wait: float = 10.0) -> list[socket.socket]:
+    """copies listening sockets on one address in an SO_REUSEPORT group: one per worker.
+
+    Workers that share one socket do not share its connections fairly: a burst of clients
+    (a mail client opening its connections, many clients after a restart) is accepted almost
+    whole by the worker that wakes first, and long IMAP sessions then stay on one core. With a
+    socket each, the kernel spreads connections over the workers by their addresses.
+    """
+    if copies <= 1:
+        return [bind(listener, wait)]
+    # A plain bind first: it waits while another process (the old daemon at a restart) holds
+    # the port, which a socket with SO_REUSEPORT could join instead, taking its connections.
+    _bound(listener, wait).close()
+    group = []
+    try:
+        for _ in range(copies):
+            sock = _bound(listener, 0, reuseport=True)
+            group.append(sock)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in group:
+            sock.close()
+        raise
+    return group
+
+
+def _bound(listener: Listener, wait: float, reuseport: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     deadline = time.monotonic() + wait
     while True:
         try:
             sock.bind((listener.address, listener.port))
-            break
+            return sock
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                 sock.close()
                 raise
             time.sleep(0.1)
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
 
 
 def drop_privileges(user: str, group: str) -> None:
@@ -115,6 +154,11 @@ class Started:
     tls: ssl.SSLContext | None
     sockets: list[tuple[Listener, socket.socket]]
     throttle: LoginThrottle
+    per_worker: list[list[tuple[Listener, socket.socket]]] | None = None
+
+    def worker_sockets(self) -> list[tuple[Listener, socket.socket]]:
+        """The sockets this process accepts on: its worker's own copies, if each has its own."""
+        return self.per_worker[_ThisWorker.index] if self.per_worker else self.sockets
 
 
 # asyncio's TLS transport reads into a 256 KiB buffer that every connection allocates (and
@@ -131,7 +175,11 @@ def lean_tls_buffers(size: int = TLS_READ_BUFFER) -> None:
 
 
 def start_as_root(
-    config: Config, listeners: tuple[Listener, ...], tls_read_buffer: int = TLS_READ_BUFFER
+    config: Config,
+    listeners: tuple[Listener, ...],
+    tls_read_buffer: int = TLS_READ_BUFFER,
+    *,
+    workers_own_sockets: int = 0,
 ) -> Started:
     """Everything a protocol daemon does as root, in one order for all of them.
 
@@ -147,10 +195,18 @@ def start_as_root(
         else None
     )
     ensure_store_root(config)
-    sockets = [(listener, bind(listener)) for listener in listeners]
+    per_worker = None
+    if workers_own_sockets > 1:  # a socket per listener and worker (bind_group), as root
+        groups = [(listener, bind_group(listener, workers_own_sockets)) for listener in listeners]
+        per_worker = [
+            [(listener, group[i]) for listener, group in groups] for i in range(workers_own_sockets)
+        ]
+        sockets = per_worker[0]
+    else:
+        sockets = [(listener, bind(listener)) for listener in listeners]
     throttle = login_throttle(config)
     drop_privileges(config.run_as_user, config.run_as_group)
-    return Started(tls, sockets, throttle)
+    return Started(tls, sockets, throttle, per_worker)
 
 
 def enable_shared_metrics(config: Config) -> None:
@@ -219,6 +275,7 @@ def run_workers(
     """
 
     def worker(index: int) -> None:
+        _ThisWorker.index = index
         if on_start:
             on_start(index)
         run(main)

@@ -1,7 +1,8 @@
 """The imapd daemon: asyncio loops serving every IMAP listener, in pre-fork workers.
 
 imap (143: STARTTLS, then login) and imaps (993: implicit TLS). Binds as root, drops privileges,
-forks `imap.workers` processes that accept on the same sockets, then serves until SIGTERM.
+forks `imap.workers` processes, each accepting on its own socket of an SO_REUSEPORT group (so
+the kernel spreads sessions over them), then serves until SIGTERM.
 A session that fails is logged and closed; the daemon keeps going.
 """
 
@@ -26,8 +27,13 @@ GC_THRESHOLD = 50_000  # allocations between young-generation collections (Pytho
 
 def serve(config: Config) -> None:
     """Bind as root, drop privileges, then serve until told to stop."""
-    started = daemon.start_as_root(config, config.imap_listeners, daemon.TLS_READ_BUFFER_LONG_SESSIONS)
-    tls, sockets, throttle = started.tls, started.sockets, started.throttle
+    started = daemon.start_as_root(
+        config,
+        config.imap_listeners,
+        daemon.TLS_READ_BUFFER_LONG_SESSIONS,
+        workers_own_sockets=config.imap_workers,  # long sessions: spread by the kernel, not by luck
+    )
+    tls, throttle = started.tls, started.throttle
     assert tls is not None  # config.py requires a certificate with imap
     directory = Directory(config)
     store = MaildirStore(config.store_root)
@@ -79,7 +85,7 @@ def serve(config: Config) -> None:
         try:
             await daemon.serve_streams(
                 stop,
-                sockets,
+                started.worker_sockets(),
                 tls,
                 implicit_tls=frozenset({"imaps"}),
                 limiter=daemon.ConnectionLimiter(config.imap_limits, workers=config.imap_workers),
