@@ -530,9 +530,6 @@ class _Listing:
 
     # ----------------------------------------------------------------- reading
 
-    def __len__(self) -> int:
-        return len(self._uids)
-
     def contains(self, uid: int) -> bool:
         return self._pos(uid) is not None
 
