@@ -412,7 +412,6 @@ class _Listing:
         self._fid_of: dict[str, int] = {}
         self._fid_flags: list[frozenset[str]] = []  # the flags of each flag id, as keywords say now
         self._materialized: tuple[int, list[MessageInfo]] | None = None
-        self._uid_copy: tuple[int, array] | None = None  # (version, UIDs) for first syncs
         self._index_saved: tuple[tuple[bytes | None, int, int] | None, float] = (None, float("-inf"))
         self._state_path = str(self.path / STATE_FILE)
         self._cur_path = str(self.path / "cur")
@@ -745,8 +744,7 @@ class _Listing:
         state = _State(
             state.uidvalidity, max(state.uidnext, max_uid + 1), max(state.highestmodseq, max_modseq)
         )
-        self._assign(broken, arrivals, state)
-        self._save_index()
+        self._assign(broken, arrivals, state)  # its state write saves the index too
         return True
 
     def _open_saved(self, raw_state: bytes | None, state: _State | None, cur: os.stat_result) -> bool:
