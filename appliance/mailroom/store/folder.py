@@ -74,12 +74,10 @@ import bisect
 import collections
 import contextlib
 import fcntl
-import itertools
 import logging
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 import weakref
@@ -94,7 +92,7 @@ from typing import BinaryIO
 from ..fsutil import fsync_dir, write_synced
 from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
 from .index import Columns, SavedIndex, read_index, write_index
-from .maildir import wire_size
+from .maildir import unique_name, wire_size
 
 STATE_FILE = "mailroom-state"
 UIDVALIDITY_FILE = "mailroom-uidvalidity"
@@ -116,7 +114,6 @@ log = logging.getLogger("mailroom.store")
 INDEX_MIN_MESSAGES = 1000
 INDEX_INTERVAL = 30.0
 
-_counter = itertools.count()
 _FIRST = itemgetter(0)
 _wire_sizes: dict[tuple[Path, str], int] = {}  # messages written without ,W= (other Maildir tools)
 
@@ -273,14 +270,6 @@ def _size_from_name(name: str, field: str = ",S=") -> int | None:
         return None
     digits = name[marker + 3 :].split(",", 1)[0].split(":", 1)[0]
     return int(digits) if digits.isdigit() else None
-
-
-def _unique_base(size: int, wire: int) -> str:
-    now = time.time()
-    seconds = int(now)
-    usec = int((now - seconds) * 1_000_000)
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
-    return f"{seconds}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size},W={wire}"
 
 
 def _cur_name(base: str, uid: int, modseq: int, letters: str) -> str:
@@ -944,7 +933,7 @@ class _Listing:
                 size, wire = info.size, info.wire_size
             except MessageGone:
                 continue
-            target = dest.path / "tmp" / _unique_base(size, wire)
+            target = dest.path / "tmp" / unique_name(size, wire)
             if not (dest.path / "tmp").is_dir():
                 raise FolderGone(f"folder {dest.path} is gone")
             try:
@@ -1266,7 +1255,7 @@ class Folder:
 
     def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> int:
         """Store a message durably (tmp → fsync → rename into cur/ → fsync cur/); return its UID."""
-        tmp = self.path / "tmp" / _unique_base(len(data), wire_size(data))
+        tmp = self.path / "tmp" / unique_name(len(data), wire_size(data))
         try:
             write_synced(tmp, data)
         except FileNotFoundError as exc:

@@ -32,7 +32,7 @@ def wire_size(data: bytes) -> int:
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
-def _unique_name(size: int, wire: int) -> str:
+def unique_name(size: int, wire: int) -> str:
     # time.M<usec>P<pid>Q<counter>.<host>,S=<size>,W=<wire size> — unique per process and
     # host without locking; S= and W= (the Dovecot fields) give the sizes without a stat.
     now = time.time()
@@ -44,7 +44,7 @@ def _unique_name(size: int, wire: int) -> str:
 @functools.cache
 def _host() -> str:
     """The host name as Maildir names carry it (asked once: a uname() per message otherwise)."""
-    return socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
 
 
 class Maildir:
@@ -73,7 +73,7 @@ class Maildir:
         """Store a message in new/ durably; return its file name."""
         if not self._exists:
             self.create()
-        name = _unique_name(len(data), wire_size(data))
+        name = unique_name(len(data), wire_size(data))
         tmp = os.path.join(self._tmp_path, name)
         try:
             try:
