@@ -83,6 +83,17 @@ def write_synced(path: Path | str, data: bytes) -> None:
     os.close(fd)
 
 
+def replace_synced(path: Path, data: bytes) -> None:
+    """Atomically replace path with data: tmp + fsync + rename + fsync of the directory.
+
+    The caller holds whatever lock guards path: a tmp file left by a crash is removed."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    write_synced(tmp, data)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def free_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize

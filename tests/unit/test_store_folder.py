@@ -92,8 +92,9 @@ def test_existing_size_is_kept_and_foreign_cur_files_get_uids(maildir: Maildir) 
     (maildir.path / "cur" / "12346.other.host,S=3:2,FS").write_bytes(b"abc")
     folder = Folder(maildir.path)
     assert folder.sync().new_uids == [1, 2]
-    names = cur_names(maildir)
-    assert names == ["12345.foreign.host,U=1,M=2:2,S", "12346.other.host,S=3,U=2,M=2:2,FS"]
+    # Adopted in place (store/uidlist.py): the names stay as the other tool wrote them.
+    assert cur_names(maildir) == ["12345.foreign.host:2,S", "12346.other.host,S=3:2,FS"]
+    assert [(m.uid, m.modseq) for m in folder.messages()] == [(1, 2), (2, 2)]
     assert folder.message(2).flags == {"\\Flagged", "\\Seen"}
     assert folder.message(2).size == 3
 

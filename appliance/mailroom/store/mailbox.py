@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fsutil import fsync_dir
+from ..fsutil import fsync_dir, replace_synced
 from .errors import FolderExists, InvalidFolderName, NoSuchFolder
-from .folder import STATE_FILE, Folder, _replace_synced, init_folder_dir, new_uidvalidity
+from .folder import STATE_FILE, Folder, init_folder_dir, new_uidvalidity
 from .maildir import Maildir
 from .names import INBOX, SEPARATOR, decode, directory_name, encode, from_directory, normalize, parent_names
 
@@ -254,11 +254,11 @@ class Mailbox:
 
     def _write_mailbox_file(self, last_uidvalidity: int) -> None:
         value = max(last_uidvalidity, self._last_uidvalidity())
-        _replace_synced(self.root / MAILBOX_FILE, f"last_uidvalidity={value}\n".encode("ascii"))
+        replace_synced(self.root / MAILBOX_FILE, f"last_uidvalidity={value}\n".encode("ascii"))
 
     def _write_subscriptions(self, names: list[str]) -> None:
         text = "".join(encode(name) + "\n" for name in names)
-        _replace_synced(self.root / SUBSCRIPTIONS_FILE, text.encode("ascii"))
+        replace_synced(self.root / SUBSCRIPTIONS_FILE, text.encode("ascii"))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
