@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import uvloop
+
 from . import tls as tls_reload
 from .config import Config, Listener
 from .shared import SharedTable
@@ -226,12 +228,18 @@ def enable_shared_metrics(config: Config) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(state_dir)
 
 
-def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+def run(main: Callable[[asyncio.Event], Awaitable[None]], libuv: bool = False) -> None:
     """Run a daemon's main coroutine until SIGTERM or SIGINT sets the stop event.
 
     SIGHUP loads the TLS certificate again into the live contexts (new handshakes get the new
     one, open connections and listeners stay); a daemon without TLS ignores it. A periodic look
     at the certificate files catches a renewal whose signal never came.
+
+    libuv=True runs it on uvloop: the same asyncio API with libuv's socket I/O, where a
+    short-session daemon spends much of its time (docs/benchmarks.md: smtpd needs a tenth less
+    CPU per message with it). Not for imapd and pop3d: uvloop's TLS transport keeps a 256 KiB
+    read buffer per connection that asyncio's lets us shrink (see TLS_READ_BUFFER), which
+    thousands of idle IMAP sessions cannot afford.
     """
 
     async def runner() -> None:
@@ -246,7 +254,10 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         finally:
             watcher.cancel()
 
-    asyncio.run(runner())
+    if libuv:
+        uvloop.run(runner())
+    else:
+        asyncio.run(runner())
 
 
 def _die_with_parent(parent: int) -> None:
@@ -266,6 +277,7 @@ def run_workers(
     count: int,
     main: Callable[[asyncio.Event], Awaitable[None]],
     on_start: Callable[[int], None] | None = None,
+    libuv: bool = False,
 ) -> None:
     """Run main in count forked workers sharing the already bound sockets (pre-fork).
 
@@ -278,7 +290,7 @@ def run_workers(
         _ThisWorker.index = index
         if on_start:
             on_start(index)
-        run(main)
+        run(main, libuv)
 
     if count <= 1:
         worker(0)

@@ -209,6 +209,29 @@ def test_login_throttling_delays_then_locks_out(server: Server) -> None:
     assert info.value.smtp_code == 454
 
 
+def test_clients_that_close_at_once_free_their_slot(tmp_path: Path, tls_files: tuple[Path, Path]) -> None:
+    """A client gone before its greeting was sent must not keep a connection slot until the idle
+    timeout (aiosmtpd leaves such a connection half open; the event loop may see the EOF before
+    the session's first step)."""
+    port = free_port()
+    config = tmp_path / "mailroom.yml"
+    config.write_text(
+        yaml.safe_dump(config_data(tmp_path / "mail", port, tls_files, limits={"max_connections_per_ip": 3}))
+    )
+    process = start_smtpd(config, port)
+    try:
+        for _ in range(10):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        time.sleep(0.5)
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        assert [s.recv(100)[:4] for s in held] == [b"220 "] * 3
+        for s in held:
+            s.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def test_connection_limit_per_ip(tmp_path: Path, tls_files: tuple[Path, Path]) -> None:
     port = free_port()
     config = tmp_path / "mailroom.yml"

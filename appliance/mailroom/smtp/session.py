@@ -419,6 +419,13 @@ class MailroomSMTP(SMTP):
             metrics.SMTP_TLS_SESSIONS.labels(self.listener, "starttls").inc()
         super().connection_made(transport)
 
+    def eof_received(self) -> bool:
+        # aiosmtpd cancels the session on EOF but keeps the transport half open, so a client that
+        # closed before its greeting task first ran (an event loop may deliver both in one pass)
+        # held a connection slot until the idle timeout. Nothing more can be read: close it.
+        super().eof_received()
+        return False
+
     def connection_lost(self, error: Exception | None) -> None:
         if self._admitted_ip is None:
             return  # refused before the session began
