@@ -10,7 +10,7 @@ import pytest
 
 from mailroom.store import Folder, Maildir, Mode
 from mailroom.store import folder as folder_module
-from mailroom.store.index import INDEX_FILE, read_index
+from mailroom.store.index import INDEX_FILE, SavedIndex, read_index
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_an_old_index_is_a_head_start_and_the_rescan_finds_every_change(big: Mai
     [
         lambda raw: raw[: len(raw) // 2],  # torn
         lambda raw: b"",  # empty
-        lambda raw: raw.replace(b"mailroom-index 2", b"mailroom-index 9", 1),  # another version
+        lambda raw: raw.replace(b"mailroom-index 3", b"mailroom-index 9", 1),  # another version
         lambda raw: raw[:-40] + bytes(40),  # names damaged: the columns alone are not trusted
         lambda raw: raw[:200] + b"\xff" * 20 + raw[220:],  # columns damaged
         lambda raw: b"garbage\n" * 100,
@@ -132,6 +132,39 @@ def test_a_damaged_index_is_ignored(big: Maildir, damage) -> None:  # type: igno
     new_process()
     assert listing(big.path) == expected
     assert Folder(big.path).first_uid_without("\\Seen") == 1
+
+
+def test_select_reads_no_modseqs_and_they_are_right_when_needed(
+    big: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The modseq column is half of what an index holds per message; SELECT does not need it."""
+    Folder(big.path).sync()
+    expected = {uid: modseq for uid, _, modseq, _ in scanned(big.path)}
+    new_process()
+    reads: list[int] = []
+    real = SavedIndex.modseqs
+    monkeypatch.setattr(SavedIndex, "modseqs", lambda self: (reads.append(1), real(self))[1])
+    folder = Folder(big.path)
+    folder.sync(list_first=False)
+    assert list(folder.known_uids()) == list(range(1, 13))
+    assert folder.first_uid_without("\\Seen") == 1
+    assert reads == []
+    assert [s[1] for s in folder.summaries(list(range(1, 13)))] == [expected[u] for u in range(1, 13)]
+    assert reads == [1]
+
+
+def test_index_modseqs_that_do_not_read_back_come_from_the_names(big: Maildir) -> None:
+    Folder(big.path).sync()
+    expected = scanned(big.path)
+    raw = bytearray((big.path / INDEX_FILE).read_bytes())
+    header, _, _ = bytes(raw).partition(b"\n")
+    fields = header.split()
+    count, state_len, table_len = int(fields[3]), int(fields[6]), int(fields[7])
+    modseqs_at = len(header) + 1 + state_len + table_len + 8 * count
+    raw[modseqs_at + 3] ^= 0xFF
+    (big.path / INDEX_FILE).write_bytes(bytes(raw))
+    new_process()
+    assert listing(big.path) == expected
 
 
 def test_index_names_that_do_not_read_back_are_found_in_cur(big: Maildir) -> None:

@@ -434,6 +434,21 @@ class _Listing:
                 max((m for _, m in values), default=0),
             )
 
+    def __getattr__(self, name: str) -> array:
+        # Only called for an attribute not set: the modseqs of a listing opened from its index.
+        if name != "_modseqs" or "_saved_modseqs" not in self.__dict__:
+            raise AttributeError(name)
+        saved = self.__dict__.pop("_saved_modseqs")
+        modseqs = saved.modseqs() if saved is not None else None
+        if modseqs is None:  # they do not read back intact: from the names, as a scan would
+            self._load_adopted()
+            modseqs = array("Q")
+            for name_ in self._need_names():
+                found = self._uid_of(_Parsed(name_))
+                modseqs.append(found[1] if found is not None else 1)
+        self._modseqs = modseqs
+        return modseqs
+
     def _pos(self, uid: int) -> int | None:
         at = bisect.bisect_left(self._uids, uid)
         return at if at < len(self._uids) and self._uids[at] == uid else None
@@ -571,13 +586,22 @@ class _Listing:
 
     def uids_with(self, letter: str, present: bool = True) -> Iterator[int]:
         """UIDs of the messages with (or without) an info letter, ascending (mutex held)."""
-        chosen = {fid for fid, letters in enumerate(self._table) if (letter in letters) == present}
-        if not chosen:
-            return
-        uids = self._uids
-        for pos, fid in enumerate(self._fids):
-            if fid in chosen:
-                yield uids[pos]
+        chosen = [fid for fid, letters in enumerate(self._table) if (letter in letters) == present]
+        uids, fids = self._uids, self._fids
+        # The next position of each chosen flag id, found by array.index (a C loop): SELECT's
+        # first unseen message of 100,000 all but the last seen costs no Python loop over them.
+        ahead: dict[int, int] = {}
+        for fid in chosen:
+            with contextlib.suppress(ValueError):
+                ahead[fid] = fids.index(fid)
+        while ahead:
+            fid = min(ahead, key=ahead.__getitem__)
+            pos = ahead[fid]
+            yield uids[pos]
+            try:
+                ahead[fid] = fids.index(fid, pos + 1)
+            except ValueError:
+                del ahead[fid]
 
     def store_flags(
         self, uids: Iterable[int], flags: Iterable[str], mode: Mode
@@ -721,10 +745,10 @@ class _Listing:
         cur_stat = self._check_exists()
         state = _State.parse(raw_state)
         self._load_keywords()
-        self._load_adopted()
         first = self._snapshot is None and not self._uids and not force
         if first and self._open_saved(raw_state, state, cur_stat):
             return self._refresh_locked(exclusive) if arrivals else True
+        self._load_adopted()  # after the index: a current one needs no names parsed
         # The listing made under LOCK_SH serves the LOCK_EX pass that follows it, if nothing
         # changed in between (the state's bytes change with every change we make; see Cheap
         # re-check).
@@ -805,7 +829,9 @@ class _Listing:
         if saved is None:
             return False
         columns = saved.columns
-        self._uids, self._modseqs, self._fids = columns.uids, columns.modseqs, columns.fids
+        self._uids, self._fids = columns.uids, columns.fids
+        del self._modseqs  # read on first need (__getattr__): SELECT does not need them
+        self._saved_modseqs = saved
         self._table = columns.table
         self._fid_of = {letters: fid for fid, letters in enumerate(self._table)}
         self._fid_flags = [self._flags_of(letters) for letters in self._table]
