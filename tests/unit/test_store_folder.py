@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailroom.store import Folder, FolderGone, InvalidFlag, Maildir, MessageGone, Mode, TooManyKeywords
+from mailroom.store import folder as folder_module
 from mailroom.store.folder import STATE_FILE, UIDVALIDITY_FILE
 
 NAME = re.compile(r"^(?P<base>[^:]+),U=(?P<uid>\d+),M=(?P<modseq>\d+):2,(?P<flags>[A-Za-z]*)$")
@@ -508,3 +509,29 @@ def test_a_new_keyword_elsewhere_changes_no_other_message(maildir: Maildir) -> N
     result = folder.sync()
     assert list(result.flag_changes) == [2]
     assert result.flag_changes[2][0] == frozenset({"$Fresh"})
+
+
+def test_expunge_makes_the_state_durable_before_any_name_goes(
+    maildir: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An APPEND leaves UIDNEXT on disk only through the new name; expunging that message must
+    not remove the name before a durable state holds the UIDNEXT above it (else a crash in
+    between lets the UID be given again)."""
+    folder = Folder(maildir.path)
+    folder.sync()
+    uid = folder.append(b"Subject: x\n\nx\n", ["\\Deleted"])
+    events: list[str] = []
+    real_replace, real_unlink = folder_module.replace_synced, os.unlink
+    monkeypatch.setattr(
+        folder_module,
+        "replace_synced",
+        lambda path, data: (events.append(f"durable {Path(path).name}"), real_replace(path, data))[1],
+    )
+    monkeypatch.setattr(
+        folder_module.os,
+        "unlink",
+        lambda path: (events.append("unlink") if "/cur/" in str(path) else None, real_unlink(path))[1],
+    )
+    assert folder.expunge() == [uid]
+    assert events == [f"durable {STATE_FILE}", "unlink"]
+    assert f"uidnext={uid + 1}" in (maildir.path / STATE_FILE).read_text()

@@ -943,6 +943,9 @@ class _Listing:
         return _State(uidvalidity, max_uid + 1, max_modseq + 1)
 
     def _write_state(self, state: _State, durable: bool = True) -> None:
+        self._took_state(state, self._write_state_file(state, durable))
+
+    def _write_state_file(self, state: _State, durable: bool) -> bytes:
         raw = state.dump()
         if durable:
             replace_synced(self.path / STATE_FILE, raw)
@@ -950,6 +953,10 @@ class _Listing:
             tmp = self.path / f"{STATE_FILE}.tmp"
             tmp.write_bytes(raw)
             os.replace(tmp, self.path / STATE_FILE)
+        return raw
+
+    def _took_state(self, state: _State, raw: bytes) -> None:
+        """The state we wrote is the current one, with cur/ as it is now (LOCK_EX held)."""
         self._state = state
         cur = os.stat(self.path / "cur")
         self._snapshot = (raw, cur.st_ino, cur.st_mtime_ns)
@@ -1092,21 +1099,23 @@ class _Listing:
     def remove(self, doomed: Iterable[int]) -> list[int]:
         """Unlink the messages with these UIDs (LOCK_EX held); return the UIDs removed."""
         names = self._need_names()
-        removed = []
-        for uid in sorted(set(doomed), reverse=True):
+        present = [uid for uid in sorted(set(doomed), reverse=True) if self._pos(uid) is not None]
+        if not present:
+            return []
+        # The state goes to disk first: its UIDNEXT must be durable before the names that prove
+        # these UIDs were used are gone (see Durability), and its HIGHESTMODSEQ, bumped for the
+        # expunge, must not fall back below what clients were told once the expunge is durable.
+        state = self._state_or_fail()
+        state = _State(state.uidvalidity, state.uidnext, state.highestmodseq + 1)
+        raw = self._write_state_file(state, durable=True)
+        for uid in present:
             pos = self._pos(uid)
-            if pos is None:
-                continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._cur_path, names[pos]))
             self._delete_at(pos)
-            removed.append(uid)
-        if not removed:
-            return []
         fsync_dir(self.path / "cur")
-        state = self._state_or_fail()
-        self._write_state(_State(state.uidvalidity, state.uidnext, state.highestmodseq + 1))
-        return removed[::-1]
+        self._took_state(state, raw)
+        return present[::-1]
 
     # ----------------------------------------------------------------- locking
 
