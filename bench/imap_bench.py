@@ -1122,6 +1122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--logins", type=int, default=None, help="strong-hash logins per server (20; quick 2)"
     )
+    parser.add_argument("--profiles", default="mixed,long-session", help="throughput profiles (default both)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Mailroom imap.workers")
     parser.add_argument("--hibernate", default="1s", help="Dovecot imap_hibernate_timeout")
     parser.add_argument(
@@ -1153,7 +1154,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--sections: unknown {', '.join(sorted(unknown))}")
     if args.output is None:
         args.output = str(RESULTS / ("imap-quick.md" if q else "imap-latest.md"))
-    args.profiles = ["mixed", "long-session"]
+    args.profiles = [p for p in args.profiles.split(",") if p]
+    if set(args.profiles) - {"mixed", "long-session"}:
+        parser.error("--profiles: mixed, long-session or both")
     return args
 
 
