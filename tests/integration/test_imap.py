@@ -81,8 +81,8 @@ def imapd(tmp_path: Path, tls_files: tuple[Path, Path]) -> Iterator[Imapd]:
     process = start_daemon("imapd", config, imap)
     server = Imapd(imap, imaps, store, config, process)
     yield server
-    process.terminate()
-    process.wait(10)
+    server.process.terminate()  # the one running now: a test may have restarted it
+    server.process.wait(10)
 
 
 def raw(port: int) -> socket.socket:
