@@ -134,34 +134,53 @@ def test_a_damaged_index_is_ignored(big: Maildir, damage) -> None:  # type: igno
     assert Folder(big.path).first_uid_without("\\Seen") == 1
 
 
-def test_select_reads_no_modseqs_and_they_are_right_when_needed(
+def test_select_reads_only_the_uids_and_the_rest_is_right_when_needed(
     big: Maildir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The modseq column is half of what an index holds per message; SELECT does not need it."""
-    Folder(big.path).sync()
-    expected = {uid: modseq for uid, _, modseq, _ in scanned(big.path)}
+    """SELECT needs the UIDs and the first unseen one (in the index header): the flag ids and
+    modseqs, three quarters of the columns, are read only when asked for."""
+    folder = Folder(big.path)
+    folder.store_flags([1, 2, 3], ["\\Seen"], Mode.ADD)  # the first unseen is 4 now
+    expected = {uid: (flags, modseq) for uid, flags, modseq, _ in scanned(big.path)}
     new_process()
-    reads: list[int] = []
-    real = SavedIndex.modseqs
-    monkeypatch.setattr(SavedIndex, "modseqs", lambda self: (reads.append(1), real(self))[1])
+    reads: list[str] = []
+    for part in ("fids", "modseqs", "names"):
+        real = getattr(SavedIndex, part)
+        monkeypatch.setattr(
+            SavedIndex, part, lambda self, part=part, real=real: (reads.append(part), real(self))[1]
+        )
     folder = Folder(big.path)
     folder.sync(list_first=False)
     assert list(folder.known_uids()) == list(range(1, 13))
-    assert folder.first_uid_without("\\Seen") == 1
+    assert folder.first_uid_without("\\Seen") == 4
     assert reads == []
-    assert [s[1] for s in folder.summaries(list(range(1, 13)))] == [expected[u] for u in range(1, 13)]
-    assert reads == [1]
+    assert folder.first_uid_without("\\Seen", skip=lambda uid: uid == 4) == 6  # 5 is \\Seen
+    assert reads == ["fids"]
+    assert folder.summaries(list(range(1, 13))) == [expected[u] for u in range(1, 13)]
+    assert reads == ["fids", "modseqs"]
 
 
-def test_index_modseqs_that_do_not_read_back_come_from_the_names(big: Maildir) -> None:
+def test_the_first_unseen_of_a_folder_all_seen_is_none(big: Maildir) -> None:
+    folder = Folder(big.path)
+    folder.store_flags(list(range(1, 13)), ["\\Seen"], Mode.ADD)
+    Folder(big.path).sync()
+    new_process()
+    assert Folder(big.path).first_uid_without("\\Seen") is None
+
+
+@pytest.mark.parametrize("column", ["fids", "modseqs"])
+def test_index_columns_that_do_not_read_back_come_from_cur(big: Maildir, column: str) -> None:
     Folder(big.path).sync()
     expected = scanned(big.path)
     raw = bytearray((big.path / INDEX_FILE).read_bytes())
     header, _, _ = bytes(raw).partition(b"\n")
     fields = header.split()
     count, state_len, table_len = int(fields[3]), int(fields[6]), int(fields[7])
-    modseqs_at = len(header) + 1 + state_len + table_len + 8 * count
-    raw[modseqs_at + 3] ^= 0xFF
+    fids_at = len(header) + 1 + state_len + table_len + 4 * count
+    if column == "fids":
+        raw[fids_at] ^= 1  # still a valid flag id: only the checksum tells
+    else:
+        raw[fids_at + 4 * count + 3] ^= 0xFF
     (big.path / INDEX_FILE).write_bytes(bytes(raw))
     new_process()
     assert listing(big.path) == expected

@@ -414,6 +414,8 @@ class _Listing:
         self._adopted: Adopted = {}  # mailroom-uidlist: UIDs of names without U= (store/uidlist.py)
         self._adopted_id: tuple[int, int, int] | None = None
         self._adopted_max = (0, 0)  # the highest UID and MODSEQ in it
+        self._lazy: dict[str, SavedIndex] = {}  # columns still in the saved index (__getattr__)
+        self._first_unseen = 0
         self._listed: tuple[tuple[bytes | None, int, int], set[str]] | None = None  # see _refresh_locked
 
     # ----------------------------------------------------------------- columns
@@ -435,19 +437,34 @@ class _Listing:
             )
 
     def __getattr__(self, name: str) -> array:
-        # Only called for an attribute not set: the modseqs of a listing opened from its index.
-        if name != "_modseqs" or "_saved_modseqs" not in self.__dict__:
+        # Only called for an attribute not set: a column of a listing opened from its index.
+        saved = self.__dict__.get("_lazy", {}).pop(name, None)
+        if saved is None:
             raise AttributeError(name)
-        saved = self.__dict__.pop("_saved_modseqs")
-        modseqs = saved.modseqs() if saved is not None else None
-        if modseqs is None:  # they do not read back intact: from the names, as a scan would
-            self._load_adopted()
-            modseqs = array("Q")
-            for name_ in self._need_names():
-                found = self._uid_of(_Parsed(name_))
-                modseqs.append(found[1] if found is not None else 1)
-        self._modseqs = modseqs
-        return modseqs
+        column = saved.fids() if name == "_fids" else saved.modseqs()
+        if column is None:  # it does not read back intact: from cur/, as a scan would
+            column = self._column_from_cur(name)
+        setattr(self, name, column)
+        return column
+
+    def first_unseen_hint(self) -> int | None:
+        """The first UID without \\Seen as the index says, while its flag ids are untouched
+        (any change to the listing reads them); 0: none; None: ask the flag ids."""
+        return self._first_unseen if "_fids" in self.__dict__.get("_lazy", {}) else None
+
+    def _column_from_cur(self, name: str) -> array:
+        """Flag ids or modseqs by UID from the names in cur/; the next refresh compares all."""
+        self._load_adopted()
+        found: dict[int, tuple[int, str]] = {}
+        for file_name in os.listdir(self._cur_path):
+            parsed = _Parsed(file_name)
+            uid_modseq = self._uid_of(parsed)
+            if uid_modseq is not None:
+                found[uid_modseq[0]] = (uid_modseq[1], parsed.letters)
+        self._snapshot = None  # names and columns may disagree: the next refresh lists cur/
+        if name == "_modseqs":
+            return array("Q", [found.get(uid, (1, ""))[0] for uid in self._uids])
+        return array("I", [self._fid(found.get(uid, (1, ""))[1]) for uid in self._uids])
 
     def _pos(self, uid: int) -> int | None:
         at = bisect.bisect_left(self._uids, uid)
@@ -828,11 +845,12 @@ class _Listing:
         saved = read_index(str(self.path))
         if saved is None:
             return False
-        columns = saved.columns
-        self._uids, self._fids = columns.uids, columns.fids
-        del self._modseqs  # read on first need (__getattr__): SELECT does not need them
-        self._saved_modseqs = saved
-        self._table = columns.table
+        self._uids = saved.uids
+        # The flag ids and modseqs are read on first need (__getattr__): SELECT needs neither.
+        del self._fids, self._modseqs
+        self._lazy = {"_fids": saved, "_modseqs": saved}
+        self._first_unseen = saved.first_unseen
+        self._table = saved.table
         self._fid_of = {letters: fid for fid, letters in enumerate(self._table)}
         self._fid_flags = [self._flags_of(letters) for letters in self._table]
         self._names, self._saved = None, saved
@@ -1321,6 +1339,11 @@ class Folder:
         with listing.mutex:
             if listing._snapshot is None:
                 listing._refresh()
+            hint = listing.first_unseen_hint() if flag == "\\Seen" else None
+            if hint == 0:
+                return None
+            if hint is not None and not skip(hint):
+                return hint
             for uid in listing.uids_with(SYSTEM_FLAGS[flag], present=False):
                 if not skip(uid):
                     return uid

@@ -10,19 +10,21 @@ ignored; deleting it is always safe.
 
 Layout of ``mailroom-index`` (native byte order, recorded in the header):
 
-    mailroom-index 3 <byteorder> <count> <cur ino> <cur mtime_ns> <state len> <table len>
-        <names len> <crc32 of state to fids> <crc32 of the modseqs> <crc32 of the names>\\n
+    mailroom-index 4 <byteorder> <count> <cur ino> <cur mtime_ns> <state len> <table len>
+        <names len> <first unseen UID or 0> <crc32 of state to uids> <crc32 of the flag ids>
+        <crc32 of the modseqs> <crc32 of the names>\\n
     the state file's bytes
     the flag table: the distinct info-letter strings, joined by "\\n"
     uids: count x uint32, ascending
     flag ids: count x uint32, indexes into the flag table
-    modseqs: count x uint64 (read only when a MODSEQ is needed)
-    names: count file names joined by "\\n" (read only when a name is needed)
+    modseqs: count x uint64
+    names: count file names joined by "\\n"
 
-Opening reads the header, the UIDs and the flag ids (8 bytes per message: what SELECT needs)
-and keeps the file open; the modseqs (8 bytes per message, for CONDSTORE) and the names (about
-60 bytes per message) are read from that same open file the first time they are needed, so a
-replaced index never mixes with the one the columns came from.
+Opening reads the header and the UIDs (4 bytes per message): all SELECT needs, with the first
+message without \\Seen (its UNSEEN) in the header. The flag ids (for FETCH FLAGS and SEARCH), the
+modseqs (CONDSTORE) and the names (about 60 bytes per message, for message contents) are read
+from that same open file the first time each is needed, so a replaced index never mixes with
+the one the UIDs came from. A cold SELECT of 100,000 messages reads 400 KB instead of 8 MB.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import BinaryIO
 
 INDEX_FILE = "mailroom-index"
 _MAGIC = b"mailroom-index"
-_VERSION = b"3"
+_VERSION = b"4"
 _HEADER_MAX = 512
 
 
@@ -46,31 +48,45 @@ class Columns:
     """A listing as parallel columns, by ascending UID."""
 
     uids: array  # "I"
-    modseqs: array | None  # "Q"; None in a SavedIndex until SavedIndex.modseqs()
+    modseqs: array  # "Q"
     fids: array  # "I", into table
     table: list[str]  # info letters per flag id
 
 
 @dataclass
 class SavedIndex:
-    """An index read from disk: its snapshot, its columns, and the way to its names."""
+    """An index read from disk: its snapshot, its UIDs, and the way to its other columns."""
 
     state: bytes
     cur_ino: int
     cur_mtime_ns: int
-    columns: Columns
+    uids: array  # the listing takes this array over and changes it: sizes go by count
+    count: int
+    table: list[str]
+    first_unseen: int  # the UID of the first message without \\Seen; 0: there is none
     _handle: BinaryIO | None
-    _modseqs_at: int
-    _modseqs_crc: int
+    _fids_at: int
+    _crcs: tuple[int, int, int]  # flag ids, modseqs, names
     _names_len: int
-    _names_crc: int
-    _unread: int = 2  # parts still to read: the modseqs and the names
+    _unread: int = 3  # parts still to read: flag ids, modseqs, names
+
+    def fids(self) -> array | None:
+        """The flag-id column; None if it cannot be read back intact."""
+        size = 4 * self.count
+        raw = self._read(self._fids_at, size)
+        if raw is None or len(raw) != size or zlib.crc32(raw) != self._crcs[0]:
+            return None
+        if not _fids_valid(raw, len(self.table)):
+            return None
+        fids = array("I")
+        fids.frombytes(raw)
+        return fids
 
     def modseqs(self) -> array | None:
         """The modseq column; None if it cannot be read back intact."""
-        size = 8 * len(self.columns.uids)
-        raw = self._read(self._modseqs_at, size)
-        if raw is None or len(raw) != size or zlib.crc32(raw) != self._modseqs_crc:
+        size = 8 * self.count
+        raw = self._read(self._fids_at + 4 * self.count, size)
+        if raw is None or len(raw) != size or zlib.crc32(raw) != self._crcs[1]:
             return None
         modseqs = array("Q")
         modseqs.frombytes(raw)
@@ -78,11 +94,11 @@ class SavedIndex:
 
     def names(self) -> list[str] | None:
         """The file names, in column order; None if they cannot be read back intact."""
-        raw = self._read(self._modseqs_at + 8 * len(self.columns.uids), self._names_len)
-        if raw is None or len(raw) != self._names_len or zlib.crc32(raw) != self._names_crc:
+        raw = self._read(self._fids_at + 12 * self.count, self._names_len)
+        if raw is None or len(raw) != self._names_len or zlib.crc32(raw) != self._crcs[2]:
             return None
         names = raw.decode("utf-8", "surrogateescape").split("\n") if raw else []
-        return names if len(names) == len(self.columns.uids) else None
+        return names if len(names) == self.count else None
 
     def _read(self, at: int, size: int) -> bytes | None:
         """One lazily read part (each is read once); the file is closed after the last."""
@@ -108,8 +124,7 @@ class SavedIndex:
 def read_index(folder: str) -> SavedIndex | None:
     """The folder's saved index, or None if there is none or it does not read back intact."""
     try:
-        # Unbuffered: a buffered file reads ahead into the modseqs, which a cold SELECT would
-        # wait for on the disk without needing them.
+        # Unbuffered: a buffered file reads ahead into the columns a cold SELECT does not need.
         handle = open(os.path.join(folder, INDEX_FILE), "rb", buffering=0)  # noqa: SIM115 - kept open
     except OSError:
         return None
@@ -128,40 +143,34 @@ def _parse(handle: BinaryIO) -> SavedIndex | None:
     if end == -1:
         return None
     fields = chunk[:end].split()
-    if len(fields) != 12 or fields[0] != _MAGIC or fields[1] != _VERSION:
+    if len(fields) != 14 or fields[0] != _MAGIC or fields[1] != _VERSION:
         return None
     if fields[2].decode("ascii") != sys.byteorder:
         return None
-    count, ino, mtime, state_len, table_len, names_len, crc_head, crc_modseqs, crc_names = map(
-        int, fields[3:]
-    )
-    if min(count, state_len, table_len, names_len) < 0 or state_len > 4096:
+    count, ino, mtime, state_len, table_len, names_len, first_unseen, crc_head, *crcs = map(int, fields[3:])
+    if min(count, state_len, table_len, names_len, first_unseen) < 0 or state_len > 4096:
         return None
-    size = state_len + table_len + count * 8
+    size = state_len + table_len + count * 4
     raw = chunk[end + 1 : end + 1 + size]
     if len(raw) < size:
         raw += handle.read(size - len(raw)) or b""
     if len(raw) != size or zlib.crc32(raw) != crc_head:
         return None
-    state = raw[:state_len]
     at = state_len + table_len
-    table = raw[state_len:at].decode("ascii").split("\n")
-    uids, fids = array("I"), array("I")
-    uids.frombytes(raw[at : at + 4 * count])
-    raw_fids = raw[at + 4 * count :]
-    if not _fids_valid(raw_fids, len(table)):
-        return None
-    fids.frombytes(raw_fids)
+    uids = array("I")
+    uids.frombytes(raw[at:])
     return SavedIndex(
-        state,
-        ino,
-        mtime,
-        Columns(uids, None, fids, table),
-        handle,
-        end + 1 + size,
-        crc_modseqs,
-        names_len,
-        crc_names,
+        state=raw[:state_len],
+        cur_ino=ino,
+        cur_mtime_ns=mtime,
+        uids=uids,
+        count=count,
+        table=raw[state_len:at].decode("ascii").split("\n"),
+        first_unseen=first_unseen,
+        _handle=handle,
+        _fids_at=end + 1 + size,
+        _crcs=(crcs[0], crcs[1], crcs[2]),
+        _names_len=names_len,
     )
 
 
@@ -174,12 +183,18 @@ def _fids_valid(raw: bytes, table_len: int) -> bool:
         fids.frombytes(raw)
         return max(fids) < table_len
     # Each id is below 256: its three high bytes are zero and its low byte is a table index.
-    return (
-        not raw[1::4].strip(b"\0")
-        and not raw[2::4].strip(b"\0")
-        and not raw[3::4].strip(b"\0")
-        and (not raw[0::4].translate(None, bytes(range(table_len))))
-    )
+    high_bytes_zero = not (raw[1::4].strip(b"\0") or raw[2::4].strip(b"\0") or raw[3::4].strip(b"\0"))
+    return high_bytes_zero and not raw[0::4].translate(None, bytes(range(table_len)))
+
+
+def first_without(columns: Columns, letter: str) -> int:
+    """The UID of the first message whose info letters lack `letter`; 0 if every one has it."""
+    found = [
+        columns.fids.index(fid)
+        for fid, letters in enumerate(columns.table)
+        if letter not in letters and fid in columns.fids
+    ]
+    return columns.uids[min(found)] if found else 0
 
 
 def write_index(
@@ -187,38 +202,29 @@ def write_index(
 ) -> None:
     """Replace the folder's index (tmp + rename, no fsync: a lost or torn index is only rebuilt)."""
     table = "\n".join(columns.table).encode("ascii")
-    head = state + table + columns.uids.tobytes() + columns.fids.tobytes()
-    if columns.modseqs is None:
-        raise ValueError("an index is written from a listing with its modseqs")
-    modseqs = columns.modseqs.tobytes()
+    head = state + table + columns.uids.tobytes()
+    fids, modseqs = columns.fids.tobytes(), columns.modseqs.tobytes()
     names_raw = "\n".join(names).encode("utf-8", "surrogateescape")
-    header = b" ".join(
-        [
-            _MAGIC,
-            _VERSION,
-            sys.byteorder.encode("ascii"),
-            *(
-                b"%d" % n
-                for n in (
-                    len(columns.uids),
-                    cur_ino,
-                    cur_mtime_ns,
-                    len(state),
-                    len(table),
-                    len(names_raw),
-                    zlib.crc32(head),
-                    zlib.crc32(modseqs),
-                    zlib.crc32(names_raw),
-                )
-            ),
-        ]
+    numbers = (
+        len(columns.uids),
+        cur_ino,
+        cur_mtime_ns,
+        len(state),
+        len(table),
+        len(names_raw),
+        first_without(columns, "S"),
+        zlib.crc32(head),
+        zlib.crc32(fids),
+        zlib.crc32(modseqs),
+        zlib.crc32(names_raw),
     )
+    header = b" ".join([_MAGIC, _VERSION, sys.byteorder.encode("ascii"), *(b"%d" % n for n in numbers)])
     path = os.path.join(folder, INDEX_FILE)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with open(fd, "wb") as out:
-            out.write(header + b"\n" + head + modseqs + names_raw)
+            out.write(header + b"\n" + head + fids + modseqs + names_raw)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
