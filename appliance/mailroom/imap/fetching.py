@@ -7,6 +7,7 @@ is read only when an item needs the content, and only its header when nothing ne
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Sequence
 from operator import itemgetter
 
@@ -78,6 +79,29 @@ def flags_value(flags: frozenset[str]) -> bytes:
     return rendered
 
 
+# ENVELOPE of messages fetched before: a client that lists a folder asks for the same ones
+# again and again, and parsing the header is most of rendering it. A message's bytes never
+# change, and its base name (the part before U=, or before ":" for a name without one) is unique
+# to it, so (folder, UID, base name) cannot name another message even after the folder is
+# deleted and made again. Bounded: the oldest half goes when it is full.
+_ENVELOPES: dict[tuple[str, int, str], bytes] = {}
+ENVELOPES_MAX = 16384
+
+
+def envelope_of(info: MessageInfo, parsed: ParsedMessage) -> bytes:
+    name = info.name
+    cut = name.find(",U=")
+    key = (str(info.folder), info.uid, name[:cut] if cut != -1 else name.partition(":")[0])
+    value = _ENVELOPES.get(key)
+    if value is None:
+        value = parsed.envelope()
+        if len(_ENVELOPES) >= ENVELOPES_MAX:
+            for old in list(itertools.islice(_ENVELOPES, ENVELOPES_MAX // 2)):
+                _ENVELOPES.pop(old, None)  # another thread may have dropped it
+        _ENVELOPES[key] = value
+    return value
+
+
 def internaldate(info: MessageInfo) -> dt.datetime:
     return dt.datetime.fromtimestamp(int(info.internaldate), dt.UTC)
 
@@ -127,7 +151,7 @@ def render(
         else:
             assert parsed is not None
             if name == "ENVELOPE":
-                add("ENVELOPE", parsed.envelope())
+                add("ENVELOPE", envelope_of(info, parsed))
             elif name == "BODYSTRUCTURE":
                 add("BODYSTRUCTURE", parsed.body_structure(True))
             elif name == "BODY":

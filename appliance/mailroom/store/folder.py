@@ -1358,7 +1358,8 @@ class Folder:
         for attempt in range(3):
             info = listing.message(uid)
             try:
-                return open(info.path, "rb")  # the caller closes it
+                # A string path: three Path objects per message show in FETCH profiles.
+                return open(os.path.join(listing._cur_path, info.name), "rb")  # the caller closes it
             except FileNotFoundError:
                 if attempt == 2:
                     break
