@@ -986,8 +986,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
-        help="Mailroom's smtp.workers (default: one per core, as the role configures)",
+        default=2 * (os.cpu_count() or 1),
+        help="Mailroom's smtp.workers (default: two per core, as the role configures)",
     )
     parser.add_argument("--smtp-source", default=shutil.which("smtp-source") or "/usr/sbin/smtp-source")
     parser.add_argument(

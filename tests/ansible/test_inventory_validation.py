@@ -180,6 +180,10 @@ CASES = {
         _setting("mailroom_smtp_limits", {"max_errorz": 5}),
         ["mailroom_smtp_limits may set max_errors"],
     ),
+    "imap workers out of range": (
+        _setting("mailroom_imap_workers", 0),
+        ["mailroom_imap_workers: '0' must be a whole number from 1 to 64"],
+    ),
     "metrics allow is not a network": (
         _setting("mailroom_metrics_allow", ["everyone"]),
         ["mailroom_metrics_allow must list the networks"],
