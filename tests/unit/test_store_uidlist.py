@@ -157,3 +157,37 @@ def test_names_with_our_fields_are_still_renamed(imported: Path) -> None:
     renamed = [n for n in cur(imported) if n.startswith("1790000300.")]
     assert renamed == ["1790000300.M1P1Q1.import,U=7,M=2:2,S"]
     assert folder.message(7).flags == {"\\Seen"}
+
+
+def test_the_bulk_adoption_of_a_first_open_equals_the_one_by_one_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_adopt_all (list operations for a whole imported folder) gives the listing, uidlist and
+    state that adopting name by name gives."""
+    results = []
+    for bulk in (True, False):
+        box = Maildir(tmp_path / ("bulk" if bulk else "single") / "alice")
+        box.create()
+        for name in FOREIGN:
+            (box.path / "cur" / name).write_bytes(b"hello")
+        if not bulk:
+            monkeypatch.setattr(folder_module._Listing, "_adopt_all", lambda *args: False)
+        new_process()
+        folder = Folder(box.path)
+        folder.sync()
+        state = folder.state()
+        listed = [(m.uid, m.flags, m.modseq, m.name) for m in folder.messages()]
+        results.append((state[1:], listed, (box.path / UIDLIST_FILE).read_bytes()))
+    assert results[0] == results[1]
+
+
+def test_two_names_with_one_base_get_two_uids(tmp_path: Path) -> None:
+    box = Maildir(tmp_path / "alice")
+    box.create()
+    (box.path / "cur" / "1790000000.M1P1Q1.import:2,S").write_bytes(b"a")
+    (box.path / "cur" / "1790000000.M1P1Q1.import:2,").write_bytes(b"b")  # the same base twice
+    folder = Folder(box.path)
+    assert folder.sync().new_uids == [1, 2]
+    names = cur(box.path)
+    assert "1790000000.M1P1Q1.import:2," in names  # adopted in place
+    assert "1790000000.M1P1Q1.import,U=2,M=2:2,S" in names  # renamed: its base is taken
