@@ -236,10 +236,10 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]], libuv: bool = False) -
     at the certificate files catches a renewal whose signal never came.
 
     libuv=True runs it on uvloop: the same asyncio API with libuv's socket I/O, where a
-    short-session daemon spends much of its time (docs/benchmarks.md: smtpd needs a tenth less
-    CPU per message with it). Not for imapd and pop3d: uvloop's TLS transport keeps a 256 KiB
-    read buffer per connection that asyncio's lets us shrink (see TLS_READ_BUFFER), which
-    thousands of idle IMAP sessions cannot afford.
+    short-session daemon spends much of its time (docs/benchmarks.md: smtpd took a fifth more
+    messages a second on reused connections with it). Not for imapd and pop3d: uvloop's TLS
+    transport keeps a 256 KiB read buffer per connection that asyncio's lets us shrink (see
+    TLS_READ_BUFFER), which thousands of idle IMAP sessions cannot afford.
     """
 
     async def runner() -> None:
