@@ -454,17 +454,23 @@ class _Listing:
 
     def _column_from_cur(self, name: str) -> array:
         """Flag ids or modseqs by UID from the names in cur/; the next refresh compares all."""
-        self._load_adopted()
-        found: dict[int, tuple[int, str]] = {}
-        for file_name in os.listdir(self._cur_path):
-            parsed = _Parsed(file_name)
-            uid_modseq = self._uid_of(parsed)
-            if uid_modseq is not None:
-                found[uid_modseq[0]] = (uid_modseq[1], parsed.letters)
+        found = self._cur_by_uid()
         self._snapshot = None  # names and columns may disagree: the next refresh lists cur/
         if name == "_modseqs":
-            return array("Q", [found.get(uid, (1, ""))[0] for uid in self._uids])
-        return array("I", [self._fid(found.get(uid, (1, ""))[1]) for uid in self._uids])
+            return array("Q", [found[uid][1] if uid in found else 1 for uid in self._uids])
+        return array("I", [self._fid(found[uid][2] if uid in found else "") for uid in self._uids])
+
+    def _cur_by_uid(self) -> dict[int, tuple[str, int, str]]:
+        """uid: (name, modseq, info letters) of the names in cur/, the lowest name where two
+        claim one UID (as a rescan decides)."""
+        self._load_adopted()
+        by_uid: dict[int, tuple[str, int, str]] = {}
+        for name in os.listdir(self._cur_path):
+            parsed = _Parsed(name)
+            found = self._uid_of(parsed)
+            if found is not None and (found[0] not in by_uid or name < by_uid[found[0]][0]):
+                by_uid[found[0]] = (name, found[1], parsed.letters)
+        return by_uid
 
     def _pos(self, uid: int) -> int | None:
         at = bisect.bisect_left(self._uids, uid)
@@ -481,13 +487,7 @@ class _Listing:
 
     def _names_from_cur(self) -> list[str]:
         """Names for the columns, found by UID in cur/; columns without a file are dropped."""
-        by_uid: dict[int, str] = {}
-        self._load_adopted()
-        for name in os.listdir(self._cur_path):
-            found = self._uid_of(_Parsed(name))
-            uid = None if found is None else found[0]
-            if uid is not None and (uid not in by_uid or name < by_uid[uid]):
-                by_uid[uid] = name
+        by_uid = {uid: name for uid, (name, _, _) in self._cur_by_uid().items()}
         for pos in reversed(range(len(self._uids))):
             if self._uids[pos] not in by_uid:
                 self._delete_at(pos)
