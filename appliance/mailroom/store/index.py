@@ -24,7 +24,7 @@ Opening reads the header and the UIDs (4 bytes per message): all SELECT needs, w
 message without \\Seen (its UNSEEN) in the header. The flag ids (for FETCH FLAGS and SEARCH), the
 modseqs (CONDSTORE) and the names (about 60 bytes per message, for message contents) are read
 from that same open file the first time each is needed, so a replaced index never mixes with
-the one the UIDs came from. A cold SELECT of 100,000 messages reads 400 KB instead of 8 MB.
+the one the UIDs came from. A cold SELECT of 100,000 messages reads 400 KB instead of 1.6 MB.
 """
 
 from __future__ import annotations
