@@ -91,7 +91,7 @@ import threading
 import time
 import weakref
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from operator import itemgetter
@@ -429,12 +429,16 @@ class _Listing:
     def _load_adopted(self) -> None:
         read = read_uidlist(self.path, self._adopted_id)
         if read is not None:
-            self._adopted, self._adopted_id = read
-            values = self._adopted.values()
-            self._adopted_max = (
-                max((u for u, _ in values), default=0),
-                max((m for _, m in values), default=0),
-            )
+            self._took_adopted(*read)
+
+    def _took_adopted(self, adopted: Adopted, identity: tuple[int, int, int]) -> None:
+        """The uidlist as read or written, and the highest UID and MODSEQ in it."""
+        self._adopted, self._adopted_id = adopted, identity
+        values = adopted.values()
+        self._adopted_max = (
+            max((u for u, _ in values), default=0),
+            max((m for _, m in values), default=0),
+        )
 
     def __getattr__(self, name: str) -> array:
         # Only called for an attribute not set: a column of a listing opened from its index.
@@ -548,21 +552,13 @@ class _Listing:
             for uid, (modseq, letters, name) in sorted(added.items()):
                 self._put(uid, modseq, letters, name)
             return
-        if not self._uids:
-            self._bump()  # a listing nobody has seen yet: no need to log each message
-        else:
-            for uid in sorted(added):
-                self._touch(uid)
-        if not self._uids or min(added) > self._uids[-1]:  # all above the listed UIDs: append
-            names = self._need_names()
-            fid = self._fid
-            for uid in sorted(added):
-                modseq, letters, name = added[uid]
-                self._uids.append(uid)
-                self._modseqs.append(modseq)
-                self._fids.append(fid(letters))
-                names.append(name)
+        order = sorted(added)
+        if not self._uids or order[0] > self._uids[-1]:  # all above the listed UIDs: append
+            rows = [added[uid] for uid in order]
+            self._append(order, [m for m, _, _ in rows], [ltr for _, ltr, _ in rows], [n for _, _, n in rows])
             return
+        for uid in order:
+            self._touch(uid)
         rows = list(zip(self._uids, self._modseqs, self._fids, self._need_names(), strict=True))
         rows += [(uid, modseq, self._fid(letters), name) for uid, (modseq, letters, name) in added.items()]
         rows.sort(key=_FIRST)
@@ -570,6 +566,21 @@ class _Listing:
         self._modseqs = array("Q", [row[1] for row in rows])
         self._fids = array("I", [row[2] for row in rows])
         self._names = [row[3] for row in rows]
+
+    def _append(
+        self, uids: Sequence[int], modseqs: Sequence[int], letters: list[str], names: list[str]
+    ) -> None:
+        """Add messages with ascending UIDs above every listed one, a column at a time."""
+        if not self._uids:
+            self._bump()  # a listing nobody has seen yet: no need to log each message
+        else:
+            for uid in uids:
+                self._touch(uid)
+        fid = self._fid
+        self._uids.extend(uids)
+        self._modseqs.extend(array("Q", modseqs))
+        self._fids.extend(array("I", [fid(ltr) for ltr in letters]))
+        self._need_names().extend(names)
 
     def _delete_at(self, pos: int) -> None:
         uid = self._uids[pos]
@@ -961,17 +972,8 @@ class _Listing:
         letters = [info[2:] if info[:2] == "2," else "" for _, _, info in parts]
         if self._uids and self._uids[-1] >= uid:  # never so (UIDNEXT is above them): be safe
             self._put_new({u: (modseq, ltr, n) for u, ltr, n in zip(uids, letters, names, strict=True)})
-            return True
-        if not self._uids:
-            self._bump()  # a listing nobody has seen yet
         else:
-            for u in uids:
-                self._touch(u)
-        fid = self._fid
-        self._uids.extend(uids)
-        self._modseqs.extend(array("Q", [modseq]) * len(names))
-        self._fids.extend(array("I", [fid(ltr) for ltr in letters]))
-        self._need_names().extend(names)
+            self._append(uids, [modseq] * len(names), letters, names)
         return True
 
     def _save_adopted(self, new: Adopted) -> None:
@@ -986,13 +988,7 @@ class _Listing:
             if pos is not None and ",U=" not in names[pos]:
                 kept[base] = (uid, modseq)
         kept.update(new)
-        self._adopted_id = write_uidlist(self.path, kept)
-        self._adopted = kept
-        # The new entries have the highest UID and MODSEQ handed out so far.
-        self._adopted_max = (
-            max(self._adopted_max[0], *(u for u, _ in new.values())),
-            max(self._adopted_max[1], *(m for _, m in new.values())),
-        )
+        self._took_adopted(kept, write_uidlist(self.path, kept))
 
     def _rebuilt_state(self, max_uid: int, max_modseq: int) -> _State:
         uidvalidity = None

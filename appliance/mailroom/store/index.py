@@ -189,11 +189,11 @@ def _fids_valid(raw: bytes, table_len: int) -> bool:
 
 def first_without(columns: Columns, letter: str) -> int:
     """The UID of the first message whose info letters lack `letter`; 0 if every one has it."""
-    found = [
-        columns.fids.index(fid)
-        for fid, letters in enumerate(columns.table)
-        if letter not in letters and fid in columns.fids
-    ]
+    found = []
+    for fid, letters in enumerate(columns.table):
+        if letter not in letters:
+            with contextlib.suppress(ValueError):
+                found.append(columns.fids.index(fid))
     return columns.uids[min(found)] if found else 0
 
 
