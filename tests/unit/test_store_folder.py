@@ -15,6 +15,7 @@ import pytest
 from mailroom.store import Folder, FolderGone, InvalidFlag, Maildir, MessageGone, Mode, TooManyKeywords
 from mailroom.store import folder as folder_module
 from mailroom.store.folder import STATE_FILE, UIDVALIDITY_FILE
+from mailroom.store.highwater import HIGHWATER_FILE, read_highwater
 
 NAME = re.compile(r"^(?P<base>[^:]+),U=(?P<uid>\d+),M=(?P<modseq>\d+):2,(?P<flags>[A-Za-z]*)$")
 
@@ -194,7 +195,14 @@ def test_state_file_is_small_and_rebuild_gives_the_same_uids(maildir: Maildir) -
     assert rebuilt.uidvalidity == uidvalidity
     assert {m.uid for m in rebuilt.messages()} == {1, 2, 3}
     assert uid_of_base(maildir) == uids
-    # UIDNEXT comes back from the names: the expunged 4 is not known any more (documented)
+    # UIDNEXT and HIGHESTMODSEQ come back from the expunge's high-water mark: 4 is not reused
+    assert rebuilt.uidnext == 5
+    assert rebuilt.highestmodseq >= modseq
+
+    # Without the mark too, from the names alone: the expunged 4 is not known any more (documented)
+    (maildir.path / STATE_FILE).unlink()
+    (maildir.path / HIGHWATER_FILE).unlink()
+    rebuilt = Folder(maildir.path)
     assert rebuilt.uidnext == 4
     assert rebuilt.highestmodseq >= modseq - 1
 
@@ -511,17 +519,26 @@ def test_a_new_keyword_elsewhere_changes_no_other_message(maildir: Maildir) -> N
     assert result.flag_changes[2][0] == frozenset({"$Fresh"})
 
 
-def test_expunge_makes_the_state_durable_before_any_name_goes(
+def test_expunge_makes_the_high_water_mark_durable_before_any_name_goes(
     maildir: Maildir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An APPEND leaves UIDNEXT on disk only through the new name; expunging that message must
-    not remove the name before a durable state holds the UIDNEXT above it (else a crash in
+    not remove the name before a durable mark holds the UIDNEXT above it (else a crash in
     between lets the UID be given again)."""
     folder = Folder(maildir.path)
     folder.sync()
     uid = folder.append(b"Subject: x\n\nx\n", ["\\Deleted"])
     events: list[str] = []
-    real_replace, real_unlink = folder_module.replace_synced, os.unlink
+    real_mark, real_replace, real_unlink = (
+        folder_module.write_highwater,
+        folder_module.replace_synced,
+        os.unlink,
+    )
+    monkeypatch.setattr(
+        folder_module,
+        "write_highwater",
+        lambda path, mark: (events.append(f"mark {mark.uidnext}"), real_mark(path, mark))[1],
+    )
     monkeypatch.setattr(
         folder_module,
         "replace_synced",
@@ -533,5 +550,6 @@ def test_expunge_makes_the_state_durable_before_any_name_goes(
         lambda path: (events.append("unlink") if "/cur/" in str(path) else None, real_unlink(path))[1],
     )
     assert folder.expunge() == [uid]
-    assert events == [f"durable {STATE_FILE}", "unlink"]
+    assert events == [f"mark {uid + 1}", "unlink"]  # and no durable state file: the mark stands for it
+    assert read_highwater(maildir.path) == (folder.uidvalidity, uid + 1, folder.highestmodseq)
     assert f"uidnext={uid + 1}" in (maildir.path / STATE_FILE).read_text()

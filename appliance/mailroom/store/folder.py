@@ -19,8 +19,11 @@ File names
     working on it.
 
 Per-folder files
-    ``mailroom-state``        uidvalidity, uidnext, highestmodseq (key=value lines). Written
-                              atomically: tmp + fsync + rename + fsync of the folder directory.
+    ``mailroom-state``        uidvalidity, uidnext, highestmodseq (key=value lines). Replaced
+                              atomically (tmp + rename) after every change, without an fsync
+                              (see Durability).
+    ``mailroom-highwater``    UIDNEXT and HIGHESTMODSEQ as of the last expunge, durable
+                              (store/highwater.py).
     ``mailroom-uidvalidity``  the UIDVALIDITY once more, written once and never rewritten. This is
                               an addition to the plan: with only the state file, losing it would
                               force a new UIDVALIDITY even though every message still has its U=
@@ -34,9 +37,8 @@ Per-folder files
     ``mailroom-lock``         the lock file (see Locking).
 
 Rebuild
-    Missing or corrupt state: UIDNEXT = max(U)+1 and HIGHESTMODSEQ = max(M)+1 from the names
-    and the uidlist,
-    UIDVALIDITY from mailroom-uidvalidity; a new UIDVALIDITY only when that is lost too (then
+    Missing or corrupt state: UIDNEXT = max(U)+1 and HIGHESTMODSEQ = max(M)+1 from the names,
+    the uidlist and the high-water mark, UIDVALIDITY from mailroom-uidvalidity; a new UIDVALIDITY only when that is lost too (then
     every client drops its cache, so keeping the old U= values is harmless). Also on every rescan
     the state is healed upwards if names carry a higher U or M than it says (a crash between the
     renames and the state write, or a restore whose state file is older than some messages), and
@@ -45,10 +47,12 @@ Rebuild
 Durability
     A message and its UID are on disk before anyone is told about them: new files, the renames
     and uidlist entries that give UIDs (cur/ is fsynced) and expunges are. The state file is
-    rewritten after each of these, but fsynced only after an expunge: while every UID handed out
-    is in a durable name or uidlist entry, a state file that a crash took back (or tore) is
-    healed upwards from them (see Rebuild); only an expunge removes the name that proved a UID
-    was used, so the UIDNEXT above it must be on disk first. Flag changes are not fsynced
+    rewritten after each of these, but never fsynced: while every UID handed out is in a
+    durable name or uidlist entry, a state file that a crash took back (or tore) is healed
+    upwards from them (see Rebuild). Only an expunge removes the name that proved a UID was
+    used, so before its first unlink UIDNEXT and HIGHESTMODSEQ go to the high-water mark (one
+    in-place write and fdatasync: half the flushes of a durable state file), from which the
+    state heals too, when a process first lists the folder. Flag changes are not fsynced
     (Dovecot does not fsync them either): after a crash the last flag changes may be gone.
 
 Locking
@@ -100,6 +104,7 @@ from typing import BinaryIO
 
 from ..fsutil import fsync_dir, replace_synced, write_synced
 from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
+from .highwater import Mark, read_highwater, write_highwater
 from .index import Columns, SavedIndex, read_index, write_index
 from .maildir import unique_name, wire_size
 from .uidlist import Adopted, can_adopt, read_uidlist, write_uidlist
@@ -406,6 +411,7 @@ class _Listing:
         self._fid_flags: list[frozenset[str]] = []  # the flags of each flag id, as keywords say now
         self._materialized: tuple[int, list[MessageInfo]] | None = None
         self._index_saved: tuple[tuple[bytes | None, int, int] | None, float] = (None, float("-inf"))
+        self._path_str = str(self.path)
         self._state_path = str(self.path / STATE_FILE)
         self._cur_path = str(self.path / "cur")
         self._new_path = str(self.path / "new")
@@ -832,6 +838,13 @@ class _Listing:
         # The uidlist counts too: its UIDs were handed out even if their messages are gone now.
         max_uid = max(self._uids[-1] if self._uids else 0, self._adopted_max[0])
         max_modseq = max(max(self._modseqs, default=0), self._adopted_max[1])
+        # So does the high-water mark of the last expunge, where a crash may have taken the state
+        # back: only before this process's first look at it (a crash ended all processes).
+        if self._snapshot is None or state is None:
+            mark = read_highwater(self._path_str)
+            if mark is not None and (state is None or mark.uidvalidity == state.uidvalidity):
+                max_uid = max(max_uid, mark.uidnext - 1)
+                max_modseq = max(max_modseq, mark.highestmodseq)
         healthy = state is not None and state.uidnext > max_uid and state.highestmodseq >= max_modseq
         if healthy and not broken and not arrivals:
             self._state = state
@@ -1002,9 +1015,7 @@ class _Listing:
         return _State(uidvalidity, max_uid + 1, max_modseq + 1)
 
     def _write_state(self, state: _State, durable: bool = True) -> None:
-        self._took_state(state, self._write_state_file(state, durable))
-
-    def _write_state_file(self, state: _State, durable: bool) -> bytes:
+        """Write the state; it is the current one, with cur/ as it is now (LOCK_EX held)."""
         raw = state.dump()
         if durable:
             replace_synced(self.path / STATE_FILE, raw)
@@ -1012,10 +1023,6 @@ class _Listing:
             tmp = self.path / f"{STATE_FILE}.tmp"
             tmp.write_bytes(raw)
             os.replace(tmp, self.path / STATE_FILE)
-        return raw
-
-    def _took_state(self, state: _State, raw: bytes) -> None:
-        """The state we wrote is the current one, with cur/ as it is now (LOCK_EX held)."""
         self._state = state
         cur = os.stat(self.path / "cur")
         self._snapshot = (raw, cur.st_ino, cur.st_mtime_ns)
@@ -1161,19 +1168,19 @@ class _Listing:
         present = [uid for uid in sorted(set(doomed), reverse=True) if self._pos(uid) is not None]
         if not present:
             return []
-        # The state goes to disk first: its UIDNEXT must be durable before the names that prove
-        # these UIDs were used are gone (see Durability), and its HIGHESTMODSEQ, bumped for the
+        # The high-water mark goes to disk first: UIDNEXT must be durable before the names that
+        # prove these UIDs were used are gone (see Durability), and HIGHESTMODSEQ, bumped for the
         # expunge, must not fall back below what clients were told once the expunge is durable.
         state = self._state_or_fail()
         state = _State(state.uidvalidity, state.uidnext, state.highestmodseq + 1)
-        raw = self._write_state_file(state, durable=True)
+        write_highwater(self.path, Mark(state.uidvalidity, state.uidnext, state.highestmodseq))
         for uid in present:
             pos = self._pos(uid)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._cur_path, names[pos]))
             self._delete_at(pos)
         fsync_dir(self.path / "cur")
-        self._took_state(state, raw)
+        self._write_state(state, durable=False)  # the mark stands for it after a crash
         return present[::-1]
 
     # ----------------------------------------------------------------- locking
