@@ -38,8 +38,9 @@ Per-folder files
 
 Rebuild
     Missing or corrupt state: UIDNEXT = max(U)+1 and HIGHESTMODSEQ = max(M)+1 from the names,
-    the uidlist and the high-water mark, UIDVALIDITY from mailroom-uidvalidity; a new UIDVALIDITY only when that is lost too (then
-    every client drops its cache, so keeping the old U= values is harmless). Also on every rescan
+    the uidlist and the high-water mark, UIDVALIDITY from mailroom-uidvalidity; a new
+    UIDVALIDITY only when that is lost too (then every client drops its cache, so keeping the
+    old U= values is harmless). Also on every rescan
     the state is healed upwards if names carry a higher U or M than it says (a crash between the
     renames and the state write, or a restore whose state file is older than some messages), and
     duplicate U= values (a file copied by hand) get a fresh UID for all but one of them.
