@@ -33,7 +33,8 @@ Per-folder files
     ``mailroom-keywords``     keyword letters, "<index> <keyword>" per line, index 0 = 'a' (the
                               layout Dovecot uses for dovecot-keywords). At most 26 per folder.
     ``mailroom-uidlist``      UIDs and modseqs of adopted names (see File names), rewritten
-                              durably like the state file when more are adopted.
+                              durably (tmp + fsync + rename + fsync of the folder) when more
+                              are adopted.
     ``mailroom-lock``         the lock file (see Locking).
 
 Rebuild

@@ -9,7 +9,7 @@ one durable write. A message leaves this list by itself when its flags change th
 rename gives it a U=); the entries of messages gone meanwhile are dropped at the next rewrite.
 
 File ``mailroom-uidlist``: a first line ``mailroom-uidlist 1``, then ``<uid> <modseq> <base>``
-per line. Written like the state file (tmp + fsync + rename + fsync of the folder), before the
+per line. Written durably (tmp + fsync + rename + fsync of the folder), before the
 UIDs in it are reported to anyone, so a UID handed out is never given to another message: the
 state heals upwards from these entries as from U= in names (folder.py, Rebuild). Losing the
 file costs the adopted messages their UIDs (they are adopted again under new ones, which
