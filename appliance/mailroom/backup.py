@@ -10,16 +10,17 @@
 
 The snapshot. borg reads files one by one over minutes while IMAP/POP3 rename messages (every
 flag change is a rename) and delivery adds them, so the wrapper first makes a snapshot of hard
-links under ``<state_dir>/snapshot`` (the same file system as the store; nothing is copied),
+links under ``<state_dir>/snapshot`` (the same file system as the store; no message is copied),
 and borgmatic archives the snapshot (its ``working_directory``), with paths relative to ``/``.
 Each Maildir folder is linked while holding a shared flock on its ``mailroom-lock``: everything
 that renames in cur/ or moves mail out of new/ holds that lock exclusively (store/folder.py),
-so a folder's names, state file and UIDVALIDITY file are a consistent picture. Delivery never
-locks, and a message it adds meanwhile is in this archive or the next one. tmp/ contents are
-not backed up (half-written deliveries). Files elsewhere (queue, /etc/mailroom) are linked too,
-or copied when they are on another file system. Maildir messages never change after delivery,
-which is why borg's files cache keyed on mtime, size and inode (not ctime, which every link
-changes) is right for them.
+so a folder's names, state file and UIDVALIDITY file are a consistent picture. The state file
+and the high-water mark, which the store overwrites in place, are copied instead of linked, so
+that the snapshot cannot change after it was taken. Delivery never locks, and a message it adds
+meanwhile is in this archive or the next one. tmp/ contents are not backed up (half-written
+deliveries). Files elsewhere (queue, /etc/mailroom) are linked too, or copied when they are on
+another file system. Maildir messages never change after delivery, which is why borg's files
+cache keyed on mtime, size and inode (not ctime, which every link changes) is right for them.
 
 The manifest. ``mailroom-backup/manifest.json`` in the snapshot (and so in the archive) lists
 every directory, file (size, sha256, mode, owner) and symlink of the snapshot. A restore is
@@ -50,6 +51,10 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from .store.highwater import HIGHWATER_FILE
+from .store.statefile import SLOTS as STATE_SLOTS
+from .store.statefile import STATE_FILE
+
 DEFAULT_SETTINGS = "/etc/mailroom/backup/backup.yml"
 DEFAULT_STATE_DIR = Path("/var/lib/mailroom/backup")
 STATUS_FILE = "status.json"
@@ -59,6 +64,9 @@ MANIFEST = f"{MANIFEST_DIR}/{MANIFEST_NAME}"
 HASH_CACHE = "hash-cache.json"
 LOCK_FILE = "lock"
 FOLDER_LOCK = "mailroom-lock"  # store/folder.py LOCK_FILE
+# A folder's files that the store overwrites in place (under the folder lock): a link would let
+# the snapshot change after it was taken, so they are copied (under the lock, shared).
+WRITTEN_IN_PLACE = frozenset({STATE_FILE, *STATE_SLOTS, HIGHWATER_FILE})
 MAX_STATUS_BYTES = 64 * 1024
 MAX_SETTINGS_BYTES = 64 * 1024
 MAX_MANIFEST_BYTES = 1024 * 1024 * 1024
@@ -287,10 +295,14 @@ class _Snapshot:
         os.chown(target, st.st_uid, st.st_gid)
         self.dirs[rel] = {"mode": stat.S_IMODE(st.st_mode), "owner": _owner(st)}
 
-    def _file(self, rel: str, live: Path, st: os.stat_result) -> None:
+    def _file(self, rel: str, live: Path, st: os.stat_result, copy: bool = False) -> None:
         target = self.settings.snapshot_dir / rel
         try:
-            os.link(live, target)
+            if copy:
+                shutil.copy2(live, target)
+                os.chown(target, st.st_uid, st.st_gid)
+            else:
+                os.link(live, target)
         except FileNotFoundError:
             return  # renamed or removed since we listed its directory
         except OSError as exc:
@@ -366,7 +378,8 @@ class _Snapshot:
                     else:
                         subdirs.append((child, Path(entry.path)))
                 elif stat.S_ISREG(est.st_mode):
-                    self._file(child, Path(entry.path), est)
+                    copy = maildir and entry.name in WRITTEN_IN_PLACE
+                    self._file(child, Path(entry.path), est, copy)
                 elif stat.S_ISLNK(est.st_mode):
                     target = os.readlink(entry.path)
                     os.symlink(target, self.settings.snapshot_dir / child)

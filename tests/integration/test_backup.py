@@ -386,3 +386,22 @@ def test_bad_settings_name_the_key(host: dict, change: dict, message: str) -> No
     result = cli("backup", "run", "--settings", str(host["settings_file"]))
     assert result.returncode == 1
     assert message in result.stderr
+
+
+def test_a_snapshot_does_not_change_when_the_store_writes_in_place(host: dict) -> None:
+    """The state file and the high-water mark are overwritten in place: linked into the snapshot
+    they would change under borg and no longer match the manifest."""
+    folder = Folder(host["user"])
+    folder.store_flags([1], ["\\Deleted"], Mode.ADD)
+    folder.expunge()  # the folder now has a high-water mark
+    settings = backup.load_settings(host["settings_file"])
+    manifest = backup.make_snapshot(settings)
+    for _ in range(3):  # every one of the state's inodes is written at least once
+        folder.store_flags([2], ["\\Answered"], Mode.REPLACE if _ % 2 else Mode.ADD)
+        folder.store_flags([3], ["\\Deleted"], Mode.ADD)
+        folder.expunge()
+        folder.append(b"Subject: more\r\n\r\nmore\r\n", ["\\Deleted"])
+    assert backup.compare(settings.snapshot_dir, manifest) == []
+    snap = settings.snapshot_dir / host["user"].relative_to(host["root"])
+    for name in ("mailroom-state", "mailroom-highwater"):
+        assert (snap / name).read_bytes() != (host["user"] / name).read_bytes()

@@ -109,9 +109,10 @@ from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
 from .highwater import Mark, read_highwater, write_highwater
 from .index import Columns, SavedIndex, read_index, write_index
 from .maildir import unique_name, wire_size
+from .statefile import SIZE as STATE_SIZE
+from .statefile import STATE_FILE, write_state_file
 from .uidlist import Adopted, can_adopt, read_uidlist, write_uidlist
 
-STATE_FILE = "mailroom-state"
 UIDVALIDITY_FILE = "mailroom-uidvalidity"
 KEYWORDS_FILE = "mailroom-keywords"
 LOCK_FILE = "mailroom-lock"
@@ -328,8 +329,7 @@ def init_folder_dir(path: Path, uidvalidity: int) -> None:
     for sub in ("cur", "new", "tmp"):
         (path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
     write_synced(path / UIDVALIDITY_FILE, f"{uidvalidity}\n".encode("ascii"))
-    write_synced(path / STATE_FILE, _State(uidvalidity, 1, 1).dump())
-    fsync_dir(path)
+    write_state_file(str(path), _State(uidvalidity, 1, 1).dump(), durable=True)
 
 
 _LOG_TRIM = 4096
@@ -1018,13 +1018,8 @@ class _Listing:
 
     def _write_state(self, state: _State, durable: bool = True) -> None:
         """Write the state; it is the current one, with cur/ as it is now (LOCK_EX held)."""
-        raw = state.dump()
-        if durable:
-            replace_synced(self.path / STATE_FILE, raw)
-        else:
-            tmp = self.path / f"{STATE_FILE}.tmp"
-            tmp.write_bytes(raw)
-            os.replace(tmp, self.path / STATE_FILE)
+        raw = state.dump().ljust(STATE_SIZE, b"\n")  # as the file will read back
+        write_state_file(self._path_str, raw, durable)
         self._state = state
         cur = os.stat(self.path / "cur")
         self._snapshot = (raw, cur.st_ino, cur.st_mtime_ns)
