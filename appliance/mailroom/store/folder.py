@@ -19,9 +19,10 @@ File names
     working on it.
 
 Per-folder files
-    ``mailroom-state``        uidvalidity, uidnext, highestmodseq (key=value lines). Replaced
-                              atomically (tmp + rename) after every change, without an fsync
-                              (see Durability).
+    ``mailroom-state``        uidvalidity, uidnext, highestmodseq (key=value lines), rewritten
+                              after every change without an fsync (see Durability). The name
+                              moves between two inodes, ``mailroom-state.a`` and ``.b``, each
+                              overwritten in place (store/statefile.py).
     ``mailroom-highwater``    UIDNEXT and HIGHESTMODSEQ as of the last expunge, durable
                               (store/highwater.py).
     ``mailroom-uidvalidity``  the UIDVALIDITY once more, written once and never rewritten. This is
@@ -41,16 +42,16 @@ Rebuild
     Missing or corrupt state: UIDNEXT = max(U)+1 and HIGHESTMODSEQ = max(M)+1 from the names,
     the uidlist and the high-water mark, UIDVALIDITY from mailroom-uidvalidity; a new
     UIDVALIDITY only when that is lost too (then every client drops its cache, so keeping the
-    old U= values is harmless). Also on every rescan
-    the state is healed upwards if names carry a higher U or M than it says (a crash between the
-    renames and the state write, or a restore whose state file is older than some messages), and
-    duplicate U= values (a file copied by hand) get a fresh UID for all but one of them.
+    old U= values is harmless). Also on every rescan the state is healed upwards if names carry
+    a higher U or M than it says (a crash between the renames and the state write, or a restore
+    whose state file is older than some messages), and duplicate U= values (a file copied by
+    hand) get a fresh UID for all but one of them.
 
 Durability
     A message and its UID are on disk before anyone is told about them: new files, the renames
     and uidlist entries that give UIDs (cur/ is fsynced) and expunges are. The state file is
-    rewritten after each of these, but never fsynced: while every UID handed out is in a
-    durable name or uidlist entry, a state file that a crash took back (or tore) is healed
+    rewritten after each of these, but not fsynced (only a new folder's first state and a
+    repaired one are): while every UID handed out is in a durable name or uidlist entry, a state file that a crash took back (or tore) is healed
     upwards from them (see Rebuild). Only an expunge removes the name that proved a UID was
     used, so before its first unlink UIDNEXT and HIGHESTMODSEQ go to the high-water mark (one
     in-place write and fdatasync: half the flushes of a durable state file), from which the
