@@ -51,12 +51,13 @@ Durability
     A message and its UID are on disk before anyone is told about them: new files, the renames
     and uidlist entries that give UIDs (cur/ is fsynced) and expunges are. The state file is
     rewritten after each of these, but not fsynced (only a new folder's first state and a
-    repaired one are): while every UID handed out is in a durable name or uidlist entry, a state file that a crash took back (or tore) is healed
-    upwards from them (see Rebuild). Only an expunge removes the name that proved a UID was
-    used, so before its first unlink UIDNEXT and HIGHESTMODSEQ go to the high-water mark (one
-    in-place write and fdatasync: half the flushes of a durable state file), from which the
-    state heals too, when a process first lists the folder. Flag changes are not fsynced
-    (Dovecot does not fsync them either): after a crash the last flag changes may be gone.
+    repaired one are): while every UID handed out is in a durable name or uidlist entry, a
+    state file that a crash took back (or tore) is healed upwards from them (see Rebuild). Only
+    an expunge removes the name that proved a UID was used, so before its first unlink UIDNEXT
+    and HIGHESTMODSEQ go to the high-water mark (one in-place write and fdatasync: half the
+    flushes of a durable state file), from which the state heals too, when a process first
+    lists the folder. Flag changes are not fsynced (Dovecot does not fsync them either): after
+    a crash the last flag changes may be gone.
 
 Locking
     ``flock(LOCK_EX)`` on ``mailroom-lock`` around every change: UID assignment, flag renames,
