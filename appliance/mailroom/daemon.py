@@ -96,7 +96,13 @@ def bind_group(listener: Listener, copies: int, wait: float = 10.0) -> list[sock
 
 def _bound(listener: Listener, wait: float, reuseport: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off only on sockets whose proto says
+    # TCP, and accepted sockets inherit the listener's. With Nagle on, a reply written while an
+    # earlier segment is unacknowledged (the IMAP greeting right after TLS 1.3's session tickets)
+    # waits for the client's delayed ACK: 40 ms. TCP_NODELAY on the listener is inherited too,
+    # for event loops that do not set it themselves.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuseport:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

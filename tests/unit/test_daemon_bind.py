@@ -3,10 +3,12 @@ copies by the kernel, and no joining a port another process still listens on."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
 
 import pytest
+import uvloop
 
 from mailroom import daemon
 from mailroom.config import Listener
@@ -73,3 +75,34 @@ def test_one_worker_gets_a_plain_socket() -> None:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_accepted_connections_have_nagle_off(loop: str, address: str) -> None:
+    """Without TCP_NODELAY a reply written while an earlier segment is unacknowledged waits for
+    the client's delayed ACK (the IMAP greeting after TLS 1.3's session tickets: 40 ms)."""
+    if address == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    group = daemon.bind_group(Listener("imaps", address, free_port()), 1)
+    seen: list[int] = []
+
+    async def main() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=group[0])
+        async with server:
+            _, writer = await asyncio.open_connection(address, group[0].getsockname()[1])
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    if loop == "uvloop":
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    assert seen and seen[0] != 0
