@@ -209,3 +209,29 @@ def test_a_small_folder_keeps_no_index(tmp_path: Path) -> None:
     box.deliver(b"Subject: one\n\n1\n")
     Folder(box.path).sync()
     assert not (box.path / INDEX_FILE).exists()
+
+
+def test_the_first_open_in_a_process_reads_the_index_ahead_and_later_ones_do_not(
+    big: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold SELECT starts the disk on the index before it waits for the stats before it."""
+    advised: list[tuple[str, int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((os.readlink(f"/proc/self/fd/{fd}"), offset, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    Folder(big.path).sync()  # saves the index
+    new_process()
+    advised.clear()
+    first = Folder(big.path)
+    first.sync()
+    assert advised == [(str(big.path / INDEX_FILE), 0, os.POSIX_FADV_WILLNEED)]
+    Folder(big.path).sync()  # the listing is in memory now: nothing to read ahead
+    assert len(advised) == 1
+    new_process()
+    (big.path / INDEX_FILE).unlink()
+    assert [m.uid for m in Folder(big.path).messages()] == list(range(1, 13))  # no index, no harm
+    assert len(advised) == 1

@@ -109,7 +109,7 @@ from typing import BinaryIO
 from ..fsutil import fsync_dir, replace_synced, write_synced
 from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
 from .highwater import Mark, read_highwater, write_highwater
-from .index import Columns, SavedIndex, read_index, write_index
+from .index import Columns, SavedIndex, prefetch_index, read_index, write_index
 from .maildir import unique_name, wire_size
 from .statefile import SIZE as STATE_SIZE
 from .statefile import STATE_FILE, write_state_file
@@ -353,6 +353,7 @@ class _Registry:
             weakref.WeakValueDictionary()
         )
         self.recent: collections.OrderedDict[tuple[str, int, int], _Listing] = collections.OrderedDict()
+        self.paths: weakref.WeakValueDictionary[str, _Listing] = weakref.WeakValueDictionary()
 
     def keep(self, key: tuple[str, int, int], listing: _Listing) -> None:
         self.recent[key] = listing
@@ -369,15 +370,21 @@ os.register_at_fork(after_in_child=_registry.__init__)
 
 def _shared_listing(path: Path) -> _Listing:
     """The one _Listing of this process for the folder at path (while any Folder uses it)."""
+    where = os.path.abspath(path)
+    if where not in _registry.paths:
+        # A first open in this process: the saved index is read soon, so the disk may as well
+        # start on it while the stats and small reads before it wait for theirs (a cold SELECT).
+        prefetch_index(where)
     try:
         cur = os.stat(path / "cur")
     except FileNotFoundError as exc:
         raise FolderGone(f"folder {path} does not exist") from exc
-    key = (os.path.abspath(path), cur.st_dev, cur.st_ino)
+    key = (where, cur.st_dev, cur.st_ino)
     with _registry.lock:
         listing = _registry.listings.get(key)
         if listing is None:
-            listing = _registry.listings[key] = _Listing(path, (cur.st_dev, cur.st_ino))
+            listing = _Listing(path, (cur.st_dev, cur.st_ino))
+            _registry.listings[key] = _registry.paths[where] = listing
         _registry.keep(key, listing)
         return listing
 
