@@ -67,6 +67,19 @@ def group_sync(path: Path) -> None:
     syncer.sync()
 
 
+def read_small(path: Path | str) -> bytes | None:
+    """The first 4096 bytes of a file (the store's small state files); None if it does not exist."""
+    # os.open/os.read: a buffered open() adds an fstat, an isatty and a seek, on every check.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
 def write_synced(path: Path | str, data: bytes) -> None:
     """Create path (which must not exist) with data, fsynced; remove it again on any error."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..fsutil import read_small
 from ..store.folder import STATE_FILE
 
 DEFAULT_INTERVAL = 0.25  # seconds: mail shows up in IDLE well within a second
@@ -42,15 +43,7 @@ def signature(path: Path) -> Signature:
             out += (0, 0, 0)
         else:
             out += (st.st_mtime_ns, st.st_ino, st.st_size)
-    try:
-        fd = os.open(base + _STATE, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        out.append(None)
-    else:
-        try:
-            out.append(os.read(fd, 4096))
-        finally:
-            os.close(fd)
+    out.append(read_small(base + _STATE))
     return tuple(out)
 
 

@@ -106,12 +106,11 @@ from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
-from ..fsutil import fsync_dir, replace_synced, write_synced
+from ..fsutil import fsync_dir, read_small, replace_synced, write_synced
 from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
 from .highwater import Mark, read_highwater, write_highwater
 from .index import Columns, SavedIndex, prefetch_index, read_index, write_index
 from .maildir import unique_name, wire_size
-from .statefile import SIZE as STATE_SIZE
 from .statefile import STATE_FILE, write_state_file
 from .uidlist import Adopted, can_adopt, read_uidlist, write_uidlist
 
@@ -308,18 +307,6 @@ def _arrival_key(name: str, folder: Path) -> tuple[int, int, str]:
         return (os.stat(folder / "new" / name).st_mtime_ns, 0, name)
     except FileNotFoundError:
         return (0, 0, name)
-
-
-def _read_bytes(path: Path | str) -> bytes | None:
-    # os.open/os.read: a buffered open() adds an fstat, an isatty and a seek, on every check.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
 
 
 def new_uidvalidity() -> int:
@@ -748,7 +735,7 @@ class _Listing:
         many entries is not free (its blocks stay allocated), hence the shortcut.
         """
         cur = self._check_exists()
-        same = self._snapshot == (_read_bytes(self._state_path), cur.st_ino, cur.st_mtime_ns)
+        same = self._snapshot == (read_small(self._state_path), cur.st_ino, cur.st_mtime_ns)
         try:
             new_mtime = os.stat(self._new_path).st_mtime_ns
         except FileNotFoundError:
@@ -786,7 +773,7 @@ class _Listing:
             # cur/ is as we know it: only the new arrivals need UIDs.
             self._assign([], arrivals, self._state_or_fail())
             return True
-        raw_state = _read_bytes(self.path / STATE_FILE)
+        raw_state = read_small(self.path / STATE_FILE)
         cur_stat = self._check_exists()
         state = _State.parse(raw_state)
         self._load_keywords()
@@ -1016,7 +1003,7 @@ class _Listing:
 
     def _rebuilt_state(self, max_uid: int, max_modseq: int) -> _State:
         uidvalidity = None
-        raw = _read_bytes(self.path / UIDVALIDITY_FILE)
+        raw = read_small(self.path / UIDVALIDITY_FILE)
         if raw is not None and raw.strip().isdigit() and 0 < int(raw) <= _UID_MAX:
             uidvalidity = int(raw)
         if uidvalidity is None:
@@ -1027,8 +1014,7 @@ class _Listing:
 
     def _write_state(self, state: _State, durable: bool = True) -> None:
         """Write the state; it is the current one, with cur/ as it is now (LOCK_EX held)."""
-        raw = state.dump().ljust(STATE_SIZE, b"\n")  # as the file will read back
-        write_state_file(self._path_str, raw, durable)
+        raw = write_state_file(self._path_str, state.dump(), durable)
         self._state = state
         cur = os.stat(self.path / "cur")
         self._snapshot = (raw, cur.st_ino, cur.st_mtime_ns)

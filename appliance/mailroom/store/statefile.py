@@ -31,9 +31,9 @@ SLOTS = (f"{STATE_FILE}.a", f"{STATE_FILE}.b")
 SIZE = 128  # the longest state (20-digit HIGHESTMODSEQ) is 88 bytes; newlines pad it
 
 
-def write_state_file(folder: str, raw: bytes, durable: bool) -> None:
+def write_state_file(folder: str, raw: bytes, durable: bool) -> bytes:
     """Make raw the content of folder/mailroom-state (the folder lock held); if durable, on disk
-    before this returns."""
+    before this returns. Returns the bytes the file now reads (raw padded with newlines)."""
     path = os.path.join(folder, STATE_FILE)
     data = raw.ljust(SIZE, b"\n")
     try:
@@ -63,6 +63,7 @@ def write_state_file(folder: str, raw: bytes, durable: bool) -> None:
     os.replace(tmp, path)
     if durable:
         fsync_dir(folder)
+    return data
 
 
 def _write_new(path: str, data: bytes) -> None:
