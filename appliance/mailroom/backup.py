@@ -298,18 +298,18 @@ class _Snapshot:
     def _file(self, rel: str, live: Path, st: os.stat_result, copy: bool = False) -> None:
         target = self.settings.snapshot_dir / rel
         try:
+            if not copy:
+                try:
+                    os.link(live, target)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise
+                    copy = True  # another file system, or links refused: a copy instead
             if copy:
                 shutil.copy2(live, target)
                 os.chown(target, st.st_uid, st.st_gid)
-            else:
-                os.link(live, target)
         except FileNotFoundError:
             return  # renamed or removed since we listed its directory
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                raise
-            shutil.copy2(live, target)
-            os.chown(target, st.st_uid, st.st_gid)
         st = os.stat(target)  # the linked inode: what borg reads
         key = f"{st.st_dev}:{st.st_ino}"
         cached = self.old_cache.get(key)
