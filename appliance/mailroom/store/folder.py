@@ -1165,7 +1165,7 @@ class _Listing:
         # expunge, must not fall back below what clients were told once the expunge is durable.
         state = self._state_or_fail()
         state = _State(state.uidvalidity, state.uidnext, state.highestmodseq + 1)
-        write_highwater(self.path, Mark(state.uidvalidity, state.uidnext, state.highestmodseq))
+        write_highwater(self._path_str, Mark(state.uidvalidity, state.uidnext, state.highestmodseq))
         for uid in present:
             pos = self._pos(uid)
             with contextlib.suppress(FileNotFoundError):

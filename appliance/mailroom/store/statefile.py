@@ -40,11 +40,11 @@ def write_state_file(folder: str, raw: bytes, durable: bool) -> bytes:
         active = os.stat(path).st_ino
     except FileNotFoundError:
         active = None
-    slot_path, fd = _free_slot(folder, active)
+    slot_path, fd, size = _free_slot(folder, active)
     try:
         if os.pwrite(fd, data, 0) != len(data):
             raise OSError(f"short write to {slot_path}")
-        if os.fstat(fd).st_size > len(data):
+        if size > len(data):
             os.ftruncate(fd, len(data))
         if durable:
             os.fsync(fd)
@@ -74,15 +74,16 @@ def _write_new(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _free_slot(folder: str, active: int | None) -> tuple[str, int]:
-    """(path, open fd) of the slot whose inode the name does not have; made if missing."""
+def _free_slot(folder: str, active: int | None) -> tuple[str, int, int]:
+    """(path, open fd, size) of the slot whose inode the name does not have; made if missing."""
     for slot in SLOTS:
         slot_path = os.path.join(folder, slot)
         fd = os.open(slot_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if os.fstat(fd).st_ino != active:
-            return slot_path, fd
+        st = os.fstat(fd)
+        if st.st_ino != active:
+            return slot_path, fd, st.st_size
         os.close(fd)
     # Both slots are the inode the name has (linked so by hand): slot a gets an inode of its own.
     slot_path = os.path.join(folder, SLOTS[0])
     os.unlink(slot_path)
-    return slot_path, os.open(slot_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return slot_path, os.open(slot_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), 0
