@@ -126,10 +126,28 @@ def drop_privileges(user: str, group: str) -> None:
         return  # already unprivileged (tests, development)
     uid = pwd.getpwnam(user).pw_uid
     gid = grp.getgrnam(group).gr_gid
+    hand_over_metric_files(uid, gid)
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
     os.umask(0o077)
+
+
+def hand_over_metric_files(uid: int, gid: int) -> None:
+    """Give root's files in the shared metrics directory to the daemon user (still root here).
+
+    prometheus_client made this process's files (<kind>_<pid>.db) as root when the metric
+    definitions were imported. Left so, a worker that later gets one of those pids (a restart,
+    pids wrap) cannot open "its" file, and every metric update, and so every session, fails
+    with PermissionError."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == 0:
+                    os.chown(entry.path, uid, gid)
 
 
 def ensure_store_root(config: Config) -> None:
