@@ -80,6 +80,21 @@ def read_small(path: Path | str) -> bytes | None:
         os.close(fd)
 
 
+def read_ahead(path: Path | str, size: int) -> None:
+    """Have the kernel start reading the first size bytes of a file in the background (a file
+    that is missing or cannot be read ahead is simply not)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_synced(path: Path | str, data: bytes) -> None:
     """Create path (which must not exist) with data, fsynced; remove it again on any error."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

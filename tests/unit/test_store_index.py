@@ -4,6 +4,7 @@ ignored when damaged, and never a different answer from a scan of cur/."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from mailroom.store import Folder, Maildir, Mode
 from mailroom.store import folder as folder_module
 from mailroom.store.index import INDEX_FILE, SavedIndex, read_index
+from mailroom.store.statefile import STATE_FILE
 
 
 @pytest.fixture
@@ -214,7 +216,8 @@ def test_a_small_folder_keeps_no_index(tmp_path: Path) -> None:
 def test_the_first_open_in_a_process_reads_the_index_ahead_and_later_ones_do_not(
     big: Maildir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A cold SELECT starts the disk on the index before it waits for the stats before it."""
+    """A cold SELECT starts the disk on the index and the state file at once, before it waits
+    for the stats before them."""
     advised: list[tuple[str, int, int]] = []
     real = os.posix_fadvise
 
@@ -228,10 +231,71 @@ def test_the_first_open_in_a_process_reads_the_index_ahead_and_later_ones_do_not
     advised.clear()
     first = Folder(big.path)
     first.sync()
-    assert advised == [(str(big.path / INDEX_FILE), 0, os.POSIX_FADV_WILLNEED)]
+    assert advised == [
+        (str(big.path / INDEX_FILE), 0, os.POSIX_FADV_WILLNEED),
+        (str(big.path / STATE_FILE), 0, os.POSIX_FADV_WILLNEED),
+    ]
     Folder(big.path).sync()  # the listing is in memory now: nothing to read ahead
-    assert len(advised) == 1
+    assert len(advised) == 2
     new_process()
     (big.path / INDEX_FILE).unlink()
     assert [m.uid for m in Folder(big.path).messages()] == list(range(1, 13))  # no index, no harm
-    assert len(advised) == 1
+    assert advised[2:] == [(str(big.path / STATE_FILE), 0, os.POSIX_FADV_WILLNEED)]
+
+
+def count_new_listings(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[str]:
+    calls: list[str] = []
+    real = os.listdir
+
+    def listdir(where: object = ".") -> list[str]:
+        if str(where) == str(path / "new"):
+            calls.append(str(where))
+        return real(where)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    return calls
+
+
+def age_new(path: Path, seconds: float) -> None:
+    """Make new/'s mtime that many seconds old (as if the last arrival was that long ago)."""
+    then = time.time_ns() - int(seconds * 1e9)
+    os.utime(path / "new", ns=(then, then))
+
+
+def test_a_new_process_skips_listing_new_that_was_found_empty_at_its_mtime(
+    big: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """new/ was empty at its mtime (over a second old then) when the index was saved: a new
+    process's first SELECT need not list it, and mail delivered since is still found."""
+    age_new(big.path, 5)
+    new_process()
+    Folder(big.path).store_flags([1], ["\\Answered"], Mode.ADD)  # lists new/, saves the index
+    expected = listing(big.path)
+    new_process()
+    calls = count_new_listings(monkeypatch, big.path)
+    assert listing(big.path) == expected
+    assert calls == []
+
+    big.deliver(b"Subject: after\n\nafter\n")  # new/ changes: its mtime is no longer the saved one
+    new_process()
+    folder = Folder(big.path)
+    assert 13 in folder.sync().new_uids
+    assert calls and set(calls) == {str(big.path / "new")}
+
+
+def test_an_empty_new_with_a_fresh_mtime_is_listed_by_every_new_process(
+    big: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An mtime under a second old when new/ was found empty may hide an arrival in the same
+    clock tick: it is not saved, so the next process lists new/ again."""
+    age_new(big.path, 0)
+    new_process()
+    Folder(big.path).store_flags([1], ["\\Answered"], Mode.ADD)
+    saved = read_index(str(big.path))
+    assert saved is not None
+    saved.close()
+    assert saved.new_empty_at == 0
+    new_process()
+    calls = count_new_listings(monkeypatch, big.path)
+    Folder(big.path).sync()
+    assert calls and set(calls) == {str(big.path / "new")}

@@ -106,10 +106,10 @@ from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
-from ..fsutil import fsync_dir, read_small, replace_synced, write_synced
+from ..fsutil import fsync_dir, read_ahead, read_small, replace_synced, write_synced
 from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
 from .highwater import Mark, read_highwater, write_highwater
-from .index import Columns, SavedIndex, prefetch_index, read_index, write_index
+from .index import INDEX_FILE, PREFETCH_BYTES, Columns, SavedIndex, read_index, write_index
 from .maildir import unique_name, wire_size
 from .statefile import STATE_FILE, write_state_file
 from .uidlist import Adopted, can_adopt, read_uidlist, write_uidlist
@@ -359,9 +359,10 @@ def _shared_listing(path: Path) -> _Listing:
     """The one _Listing of this process for the folder at path (while any Folder uses it)."""
     where = os.path.abspath(path)
     if where not in _registry.paths:
-        # A first open in this process: the saved index is read soon, so the disk may as well
-        # start on it while the stats and small reads before it wait for theirs (a cold SELECT).
-        prefetch_index(where)
+        # A first open in this process reads the saved index and the state file soon: the disk
+        # may as well read both at once while the stats before them wait (a cold SELECT).
+        read_ahead(os.path.join(where, INDEX_FILE), PREFETCH_BYTES)
+        read_ahead(os.path.join(where, STATE_FILE), 4096)
     try:
         cur = os.stat(path / "cur")
     except FileNotFoundError as exc:
@@ -404,6 +405,8 @@ class _Listing:
         self._fids = array("I")
         self._names: list[str] | None = []  # None: still in self._saved, read on first need
         self._saved: SavedIndex | None = None
+        self._unopened = True  # no look at the folder yet: the saved index is read first
+        self._first_saved: SavedIndex | None = None  # read at the first look, for _open_saved
         self._table: list[str] = []  # info letters by flag id
         self._fid_of: dict[str, int] = {}
         self._fid_flags: list[frozenset[str]] = []  # the flags of each flag id, as keywords say now
@@ -734,6 +737,8 @@ class _Listing:
         our listing would otherwise go unnoticed). Listing an emptied directory that once held
         many entries is not free (its blocks stay allocated), hence the shortcut.
         """
+        if self._unopened:
+            self._first_look()
         cur = self._check_exists()
         same = self._snapshot == (read_small(self._state_path), cur.st_ino, cur.st_mtime_ns)
         try:
@@ -746,6 +751,15 @@ class _Listing:
         arrivals = [n for n in os.listdir(self._new_path) if not n.startswith(".")]
         self._new_empty_at = new_mtime if not arrivals and now - new_mtime > 1_000_000_000 else None
         return same, arrivals
+
+    def _first_look(self) -> None:
+        """Read the saved index before anything else: the first scan starts from it, and the
+        mtime at which another process found new/ empty spares us listing new/ (a disk read
+        in a cold SELECT) while new/ keeps it. Trusted as our own would be: see _probe."""
+        self._unopened = False
+        saved = self._first_saved = read_index(self._path_str)
+        if saved is not None and saved.new_empty_at and self._new_empty_at is None:
+            self._new_empty_at = saved.new_empty_at
 
     def _refresh(self, force: bool = False) -> None:
         same, arrivals = self._probe()
@@ -778,8 +792,12 @@ class _Listing:
         state = _State.parse(raw_state)
         self._load_keywords()
         first = self._snapshot is None and not self._uids and not force
-        if first and self._open_saved(raw_state, state, cur_stat):
-            return self._refresh_locked(exclusive) if arrivals else True
+        saved, self._first_saved = self._first_saved, None  # only the first scan may use it
+        if first and saved is not None:
+            if self._open_saved(saved, raw_state, state, cur_stat):  # the listing owns it now
+                return self._refresh_locked(exclusive) if arrivals else True
+        elif saved is not None:
+            saved.close()
         self._load_adopted()  # after the index: a current one needs no names parsed
         # The listing made under LOCK_SH serves the LOCK_EX pass that follows it, if nothing
         # changed in between (the state's bytes change with every change we make; see Cheap
@@ -860,15 +878,14 @@ class _Listing:
         self._assign(broken, arrivals, state)  # its state write saves the index too
         return True
 
-    def _open_saved(self, raw_state: bytes | None, state: _State | None, cur: os.stat_result) -> bool:
+    def _open_saved(
+        self, saved: SavedIndex, raw_state: bytes | None, state: _State | None, cur: os.stat_result
+    ) -> bool:
         """Start from the saved index (first scan of this process); True if it is current.
 
         A current index is taken as it stands (the names are read when first needed). An older
         one still gives the previous listing, so the rescan that follows parses only the names
         that changed since it was written."""
-        saved = read_index(str(self.path))
-        if saved is None:
-            return False
         self._uids = saved.uids
         # The flag ids and modseqs are read on first need (__getattr__): SELECT needs neither.
         del self._fids, self._modseqs
@@ -904,6 +921,7 @@ class _Listing:
                 mtime,
                 Columns(self._uids, self._modseqs, self._fids, self._table),
                 self._names,
+                self._new_empty_at,
             )
         except OSError as exc:  # a cache: the next process scans cur/ instead
             log.debug("cannot save the index of %s: %s", self.path, exc)
