@@ -66,3 +66,27 @@ def test_qresync_reports_vanished_and_condstore_modseq(maildir: Maildir) -> None
     other.store_flags([2], ["\\Deleted"], "add")
     other.expunge()
     assert selected.updates(expunge=True, condstore=True, qresync=True) == b"* VANISHED 2\r\n"
+
+
+def test_sessions_share_the_uid_array_until_one_changes_it(maildir: Maildir) -> None:
+    """SELECT copies no UIDs: the listing, each Folder and each session share one array, and
+    whoever changes it first takes a copy, so no one sees another's change before its own sync."""
+    first = opened(maildir, 4)
+    second = Selected(Folder(maildir.path), "INBOX", readonly=False)
+    second.open()
+    assert second.uids is first.uids  # one array for both sessions (and the listing)
+    maildir.deliver(b"Subject: new\n\n")
+    writer = Folder(maildir.path)
+    writer.sync()  # the listing takes the new message: into a copy of its own
+    writer.store_flags([1, 2], ["\\Deleted"], "add")
+    writer.expunge()
+    assert first.uids.tolist() == second.uids.tolist() == [1, 2, 3, 4]
+    assert first.folder.known_uids().tolist() == [1, 2, 3, 4]
+    assert first.updates(expunge=True, condstore=False, qresync=False) == (
+        b"* 2 EXPUNGE\r\n* 1 EXPUNGE\r\n* 3 EXISTS\r\n"
+    )
+    assert first.uids.tolist() == [3, 4, 5]
+    assert second.uids.tolist() == [1, 2, 3, 4]  # the other session's numbering is its own
+    assert second.updates(expunge=False, condstore=False, qresync=False) == b"* 5 EXISTS\r\n"
+    assert second.uids.tolist() == [1, 2, 3, 4, 5]
+    assert first.uids.tolist() == [3, 4, 5]

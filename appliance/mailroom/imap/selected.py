@@ -31,13 +31,14 @@ class Selected:
         self.name = name
         self.readonly = readonly
         self.uids = array("I")
+        self._shared_uids: array | None = None  # uids while the folder shares it: copy to change
         self.pending_expunge: set[int] = set()  # expunged elsewhere, not yet reported
         self.saved: list[int] | None = None  # SEARCHRES `$`, as UIDs (RFC 5182)
         self.keywords: list[str] = []  # as last announced in FLAGS
 
     def open(self) -> None:
         self.folder.sync(list_first=False)
-        self.uids = self.folder.known_uids()
+        self.uids = self._shared_uids = self.folder.known_uids()
         self.keywords = self.folder.keywords_as_synced()
 
     def flags_announcement(self) -> bytes:
@@ -148,11 +149,12 @@ class Selected:
         if expunge and self.pending_expunge:
             out += self.forget(self.pending_expunge, qresync=qresync)
         if result.new_uids:
+            uids = self._own_uids()
             for uid in result.new_uids:
-                if not self.uids or uid > self.uids[-1]:
-                    self.uids.append(uid)
+                if not uids or uid > uids[-1]:
+                    uids.append(uid)
                 elif self.seq_of(uid) is None:
-                    self.uids.insert(bisect.bisect_left(self.uids, uid), uid)
+                    uids.insert(bisect.bisect_left(uids, uid), uid)
             out += r.exists(len(self.uids))
         for uid, (flags, modseq) in sorted(result.flag_changes.items()):
             seq = self.seq_of(uid)
@@ -175,9 +177,16 @@ class Selected:
         for uid in reversed(gone):  # highest first: the numbers of the others stay valid
             seq = self.seq_of(uid)
             assert seq is not None
-            del self.uids[seq - 1]
+            del self._own_uids()[seq - 1]
             out += r.expunge(seq)
         return bytes(out)
+
+    def _own_uids(self) -> array:
+        """uids, to be changed in place: copied first if the folder still shares it."""
+        if self.uids is self._shared_uids:
+            self.uids = array("I", self.uids)
+            self._shared_uids = None
+        return self.uids
 
     @staticmethod
     def flags_response(

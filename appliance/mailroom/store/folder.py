@@ -401,6 +401,7 @@ class _Listing:
         self._state: _State | None = None
         self._snapshot: tuple[bytes | None, int, int] | None = None
         self._uids = array("I")
+        self._lent_uids: array | None = None  # _uids while a Folder shares it (see uid_array)
         self._modseqs = array("Q")
         self._fids = array("I")
         self._names: list[str] | None = []  # None: still in self._saved, read on first need
@@ -536,7 +537,7 @@ class _Listing:
         """Add a message, or replace the one with the same UID (flag change)."""
         names = self._need_names()
         fid = self._fid(letters)
-        uids = self._uids
+        uids = self._own_uids()
         if not uids or uids[-1] < uid:
             uids.append(uid)
             self._modseqs.append(modseq)
@@ -584,14 +585,14 @@ class _Listing:
             for uid in uids:
                 self._touch(uid)
         fid = self._fid
-        self._uids.extend(uids)
+        self._own_uids().extend(uids)
         self._modseqs.extend(array("Q", modseqs))
         self._fids.extend(array("I", [fid(ltr) for ltr in letters]))
         self._need_names().extend(names)
 
     def _delete_at(self, pos: int) -> None:
         uid = self._uids[pos]
-        del self._uids[pos]
+        del self._own_uids()[pos]
         del self._modseqs[pos]
         del self._fids[pos]
         if self._names is not None:
@@ -700,9 +701,19 @@ class _Listing:
             return list(cached[1])
 
     def uid_array(self) -> array:
-        """A new array of all UIDs, ascending (callers own it)."""
+        """All UIDs, ascending: the listing's own array, lent. Neither side changes it in place
+        from now on (each copies it first), so a SELECT of 100,000 messages copies nothing
+        (a copy costs its page faults in a new process) and sessions share one array."""
         with self.mutex:
-            return array("I", self._uids)
+            self._lent_uids = self._uids
+            return self._uids
+
+    def _own_uids(self) -> array:
+        """The UIDs column, to be changed in place: copied first if it is lent."""
+        if self._uids is self._lent_uids:
+            self._uids = array("I", self._uids)
+            self._lent_uids = None
+        return self._uids
 
     def message(self, uid: int) -> MessageInfo:
         with self.mutex:
@@ -1235,6 +1246,7 @@ class Folder:
         self.path = Path(path)
         self._shared: _Listing | None = None
         self._known = array("I")  # UIDs reported by sync() and not yet reported expunged, sorted
+        self._lent_known: array | None = None  # _known while shared (listing, session): copy to change
         self._seen: int | None = None  # the listing's version at our last sync()
         self._seen_modseq = 0
         self._own: dict[int, int] = {}  # our own flag changes since the last sync(): uid -> modseq
@@ -1322,9 +1334,9 @@ class Folder:
         if not self._known and not self._own:
             # First sync of this object: everything is new. Copies in C, no loop per message
             # (a warm SELECT of 100,000 messages).
-            self._known = listing.uid_array()
+            self._known = self._lent_known = listing.uid_array()
             return SyncResult(self._known.tolist() if list_first else [], [], {})
-        uids = listing.uid_array()
+        uids = self._lent_known = listing.uid_array()
         known = set(self._known)
         new = [uid for uid in uids if uid not in known]
         gone = [uid for uid in self._known if not listing.contains(uid)]
@@ -1346,16 +1358,24 @@ class Folder:
         at = bisect.bisect_left(self._known, uid)
         return at < len(self._known) and self._known[at] == uid
 
+    def _own_known(self) -> array:
+        """_known, to be changed in place: copied first if it is shared."""
+        if self._known is self._lent_known:
+            self._known = array("I", self._known)
+            self._lent_known = None
+        return self._known
+
     def _learn(self, uid: int) -> None:
-        if not self._known or self._known[-1] < uid:
-            self._known.append(uid)
+        known = self._own_known()
+        if not known or known[-1] < uid:
+            known.append(uid)
         else:
-            self._known.insert(bisect.bisect_left(self._known, uid), uid)
+            known.insert(bisect.bisect_left(known, uid), uid)
 
     def _forget(self, uid: int) -> None:
         at = bisect.bisect_left(self._known, uid)
         if at < len(self._known) and self._known[at] == uid:
-            del self._known[at]
+            del self._own_known()[at]
 
     def messages(self) -> list[MessageInfo]:
         """All messages of the folder by ascending UID, as of the last scan by any Folder object
@@ -1388,8 +1408,10 @@ class Folder:
             return [flags[fid] for fid in listing._fids[start:stop]], listing._modseqs[start:stop]
 
     def known_uids(self) -> array:
-        """The UIDs sync() has reported and not reported expunged, ascending (a copy)."""
-        return array("I", self._known)
+        """The UIDs sync() has reported and not reported expunged, ascending. Shared, not copied:
+        the caller must copy it before changing it (as this object does, see _own_known)."""
+        self._lent_known = self._known
+        return self._known
 
     def first_uid_without(self, flag: str, skip: Callable[[int], bool] = lambda uid: False) -> int | None:
         """The lowest UID without a system flag (SELECT's UNSEEN), passing over those skip() names."""
