@@ -553,3 +553,17 @@ def test_expunge_makes_the_high_water_mark_durable_before_any_name_goes(
     assert events == [f"mark {uid + 1}", "unlink"]  # and no durable state file: the mark stands for it
     assert read_highwater(maildir.path) == (folder.uidvalidity, uid + 1, folder.highestmodseq)
     assert f"uidnext={uid + 1}" in (maildir.path / STATE_FILE).read_text()
+
+
+def test_state_as_synced_is_what_the_last_sync_saw(maildir: Maildir) -> None:
+    """SELECT reports UIDNEXT from the same look as EXISTS: a message delivered after the sync
+    shows in state() (a new look) but not in state_as_synced()."""
+    deliver(maildir, 3)
+    folder = Folder(maildir.path)
+    folder.sync()
+    assert folder.state_as_synced() == folder.state()
+    uidvalidity, uidnext, highest = folder.state_as_synced()
+    assert uidnext == 4
+    deliver(maildir, 1, "late")
+    assert folder.state_as_synced() == (uidvalidity, 4, highest)
+    assert folder.state()[1] == 5

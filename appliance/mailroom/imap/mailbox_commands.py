@@ -337,7 +337,7 @@ class MailboxCommands:
             folder = mailbox.folder(command.mailbox)
             selected = Selected(folder, command.mailbox, readonly=readonly)
             selected.open()
-            state = folder.state()
+            state = folder.state_as_synced()  # what open() saw: UIDNEXT as of EXISTS
             report = b""
             if command.qresync is not None:  # in the worker: it walks the whole folder
                 report = _qresync_report(selected, selected.infos(), command.qresync)

@@ -1279,6 +1279,13 @@ class Folder:
         state = self._listing.current_state()
         return state.uidvalidity, state.uidnext, state.highestmodseq
 
+    def state_as_synced(self) -> tuple[int, int, int]:
+        """state() as of the last look at the folder (right after sync(): no second look)."""
+        listing = self._listing
+        with listing.mutex:
+            state = listing._state_or_fail()
+        return state.uidvalidity, state.uidnext, state.highestmodseq
+
     @property
     def keywords(self) -> list[str]:
         """Keywords defined in this folder (for the FLAGS response)."""
