@@ -660,6 +660,7 @@ def profile(args: argparse.Namespace, mailroom: Mailroom, workdir: Path) -> dict
                         str(PROFILE_RATE),
                         "--pid",
                         str(mailroom.process.pid),
+                        "--subprocesses",  # the workers: the parent only forks and waits
                         "--output",
                         str(output),
                         *extra,

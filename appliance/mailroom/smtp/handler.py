@@ -27,9 +27,12 @@ from ..fsutil import free_bytes
 from ..queue import Envelope as QueueEnvelope
 from ..queue import Spool, SpoolError, srs
 from ..store import DeliveryError, Maildir, MaildirStore
+from ..workers import WorkerThreads
 from . import replies
 
 log = logging.getLogger("mailroom.smtp")
+# The threads that write and fsync received messages (one hand-off per message: see workers.py).
+DELIVERY = WorkerThreads(min(32, (os.cpu_count() or 1) + 4), "smtp-delivery")
 
 
 _ID_BYTES = 6
@@ -284,18 +287,17 @@ class Handler:
         single = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
         signed = await self.signed(session, body)
         message = received_header(self.config, server, session, queue_id, single) + signed
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
             for user in local.values():
                 if verdict is not None and user.address in verdict.junk:
                     data = to_maildir_bytes(message)
-                    await loop.run_in_executor(None, deliver_to_junk, self.store, user.address, data)
+                    await DELIVERY.run(functools.partial(deliver_to_junk, self.store, user.address, data))
                     continue
                 mailbox = self._mailboxes.get(user.address)
                 if mailbox is None:
                     mailbox = self._mailboxes[user.address] = self.store.mailbox(user.address)
-                await loop.run_in_executor(None, mailbox.deliver, to_maildir_bytes(message))
+                await DELIVERY.run(functools.partial(mailbox.deliver, to_maildir_bytes(message)))
             if remote:
                 if self.spool is None:
                     raise SpoolError("no outbound queue configured")
@@ -306,7 +308,7 @@ class Handler:
                     authenticated_as=auth,
                     client_address=session.peer[0] if isinstance(session.peer, tuple) else None,
                 )
-                await loop.run_in_executor(None, self.spool.enqueue, queued, message)
+                await DELIVERY.run(functools.partial(self.spool.enqueue, queued, message))
         except (DeliveryError, SpoolError) as exc:
             log.error("id=%s not stored: %s", queue_id, exc)
             return refuse(server, "data", replies.NOT_STORED)

@@ -1,4 +1,5 @@
-"""The worker threads that run imapd's store calls (imap.base.WorkerThreads)."""
+"""The worker threads that run the daemons' blocking calls (workers.WorkerThreads): imapd's
+store calls, smtpd's deliveries."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import threading
 
 import pytest
 
-from mailroom.imap.base import WORKERS, WorkerThreads
+from mailroom.imap.base import WORKERS
+from mailroom.smtp.handler import DELIVERY
+from mailroom.workers import WorkerThreads
 
 
 def test_results_and_exceptions_reach_the_awaiting_coroutine_from_other_threads() -> None:
-    workers = WorkerThreads(3)
+    workers = WorkerThreads(3, "test")
     main = threading.get_ident()
 
     def boom() -> None:
@@ -33,7 +36,7 @@ def test_results_and_exceptions_reach_the_awaiting_coroutine_from_other_threads(
 
 
 def test_a_cancelled_wait_leaves_the_call_to_finish_quietly() -> None:
-    workers = WorkerThreads(1)
+    workers = WorkerThreads(1, "test")
     release, finished = threading.Event(), threading.Event()
     errors: list[dict] = []
 
@@ -56,9 +59,10 @@ def test_a_cancelled_wait_leaves_the_call_to_finish_quietly() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
-def test_a_forked_child_starts_its_own_threads() -> None:
+@pytest.mark.parametrize("workers", [WORKERS, DELIVERY], ids=["imap-store", "smtp-delivery"])
+def test_a_forked_child_starts_its_own_threads(workers: WorkerThreads) -> None:
     async def call() -> int:
-        return await WORKERS.run(os.getpid)
+        return await workers.run(os.getpid)
 
     assert asyncio.run(call()) == os.getpid()  # the parent's threads are running
     read, write = os.pipe()
