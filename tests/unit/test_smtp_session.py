@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from aiosmtpd.smtp import SMTP, _AuthMechAttr
+from aiosmtpd.smtp import SMTP, Session, _AuthMechAttr
 
 from mailroom.config import SmtpLimits
 from mailroom.shared import Record, SharedTable
@@ -309,3 +309,56 @@ def test_idle_timeout_fires_once_the_latest_deadline_passed() -> None:
     loop.now = 1010.0
     loop.fire_due()
     assert timeouts == [550.0, 1010.0]
+
+
+class EhloHandler:
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+
+class RecordingWriter:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    async def drain(self) -> None:
+        return None
+
+
+def test_the_ehlo_reply_goes_out_in_one_write() -> None:
+    """aiosmtpd pushes a multi-line reply line by line; with Nagle off each line would be a
+    packet of its own. The EHLO reply is gathered and written once, keywords unchanged."""
+    loop = asyncio.new_event_loop()
+    try:
+        limits = SmtpLimits()
+        protocol = MailroomSMTP(
+            EhloHandler(),
+            listener="mx",
+            limits=limits,
+            limiter=ConnectionLimiter(limits, SharedTable(64)),
+            hostname="mx.example.test",
+            ident="Mailroom",
+            data_size_limit=1000,
+            enable_SMTPUTF8=True,
+            auth_exclude_mechanism=["PLAIN", "LOGIN"],
+            loop=loop,
+        )
+        writer = RecordingWriter()
+        protocol._writer = writer  # type: ignore[assignment]
+        protocol.session = Session(loop)
+        loop.run_until_complete(protocol.smtp_EHLO("client.example.test"))
+        assert len(writer.writes) == 1
+        lines = writer.writes[0].decode().split("\r\n")
+        assert lines[0] == "250-mx.example.test" and lines[-2] == "250 HELP" and lines[-1] == ""
+        assert {"250-SIZE 1000", "250-SMTPUTF8", "250-PIPELINING"} <= set(lines)  # keywords as they were
+        loop.run_until_complete(protocol.push("250 OK"))  # later replies are written as they come
+        assert writer.writes[1] == b"250 2.0.0 OK\r\n"
+        loop.run_until_complete(protocol.smtp_EHLO(""))  # an error is still one reply
+        assert writer.writes[2] == b"501 Syntax: EHLO hostname\r\n"
+        assert protocol.errors == 1
+    finally:
+        loop.close()

@@ -269,6 +269,7 @@ class MailroomSMTP(SMTP):
         self._auth_require_tls = not implicit_tls
         self.errors = 0
         self._in_ehlo = False
+        self._ehlo_lines: list[str] | None = None  # the EHLO reply while it is being made
         self._admitted_ip: str | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._idle_until = 0.0
@@ -603,13 +604,24 @@ class MailroomSMTP(SMTP):
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_ehlo = True  # EHLO lines are keywords: no enhanced codes there
         self.command_size_limits.clear()  # EHLO adds SIZE/SMTPUTF8 allowances again
+        # aiosmtpd pushes the reply a line at a time, and with Nagle off each line would be a
+        # packet (and a wake-up of the client): gather them and send the reply in one write.
+        self._ehlo_lines = []
         try:
             await super().smtp_EHLO(hostname)
         finally:
-            self._in_ehlo = False
+            lines, self._ehlo_lines = self._ehlo_lines, None
+            try:
+                if lines:
+                    await self.push("\r\n".join(lines))
+            finally:
+                self._in_ehlo = False
 
     async def push(self, status: Any) -> None:
         text = status.decode("ascii", "replace") if isinstance(status, bytes) else str(status)
+        if self._ehlo_lines is not None:
+            self._ehlo_lines.append(text)
+            return
         if self.session is not None and self.session.extended_smtp and not self._in_ehlo:
             text = with_enhanced_code(text)
         await super().push(text)
