@@ -38,12 +38,30 @@ class _ThisWorker:
     index = 0  # which pre-fork worker this process is (run_workers sets it after the fork)
 
 
+class LogFormatter(logging.Formatter):
+    """logging.Formatter that formats asctime's date and time once a second, not per record
+    (smtpd logs a line per message: at a thousand a second strftime showed in profiles)."""
+
+    _second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second, text = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            text = time.strftime(self.default_time_format, self.converter(second))
+            self._second = (second, text)  # one assignment: threads see a consistent pair
+        return self.default_msec_format % (text, record.msecs)
+
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter(LOG_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     # aiosmtpd logs every connection and the whole dialogue at INFO; keep our
     # own one line per message instead, and never the AUTH dialogue.
     logging.getLogger("mail.log").setLevel(logging.WARNING)

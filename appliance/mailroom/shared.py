@@ -29,6 +29,7 @@ from pathlib import Path
 _SLOT = struct.Struct("<Qqqdd")  # key hash (0: free), a, b, t1, t2
 _HEADER = 16  # the hash salt
 PROBE = 32
+_HASHES_KEPT = 4096  # key hashes remembered per process
 
 
 @dataclass
@@ -68,10 +69,18 @@ class SharedTable:
                 fcntl.lockf(fd, fcntl.LOCK_UN)
             self._mem = mmap.mmap(fd, size)
         self._salt = bytes(self._mem[:_HEADER])  # keys hash unpredictably: no chosen collisions
+        self._hashes: dict[str, int] = {}
 
     def _hash(self, key: str) -> int:
-        digest = hashlib.blake2b(key.encode(), digest_size=8, key=self._salt).digest()
-        return int.from_bytes(digest, "little") or 1
+        # Remembered: a connection's admission and release hash the same 20 or so keys, most of
+        # them the same for every connection (one per worker), and blake2b is most of their cost.
+        found = self._hashes.get(key)
+        if found is None:
+            if len(self._hashes) >= _HASHES_KEPT:  # many clients or names: stay bounded
+                self._hashes.clear()
+            digest = hashlib.blake2b(key.encode(), digest_size=8, key=self._salt).digest()
+            found = self._hashes[key] = int.from_bytes(digest, "little") or 1
+        return found
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

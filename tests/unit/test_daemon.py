@@ -38,3 +38,18 @@ def test_root_metric_files_go_to_the_daemon_user(tmp_path, monkeypatch) -> None:
     daemon.hand_over_metric_files(65533, 65533)
     assert (mine.stat().st_uid, mine.stat().st_gid) == (65533, 65533)
     assert other.stat().st_uid == 65534  # not root's: left as it is
+
+
+def test_the_log_formatter_writes_what_the_standard_one_writes() -> None:
+    """asctime is formatted once a second; the lines must not differ from logging's own."""
+    import logging
+    import time
+
+    ours, standard = daemon.LogFormatter(daemon.LOG_FORMAT), logging.Formatter(daemon.LOG_FORMAT)
+    start = int(time.time())
+    for created in (start + 0.001, start + 0.999, start + 1.5, start + 1.25, start - 3600.5, start + 2.0):
+        record = logging.LogRecord("mailroom.smtp", logging.INFO, __file__, 1, "id=%s", ("x",), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == standard.format(record)
+    record.created = start + 7.25
+    assert ours.formatTime(record, "%H") == standard.formatTime(record, "%H")

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import hashlib
+
+import pytest
+
 from mailroom import throttle
 from mailroom.throttle import LoginThrottle
 
@@ -88,3 +92,25 @@ def test_a_table_file_is_shared_by_separate_daemons(tmp_path: object) -> None:
     mine = LoginThrottle(SharedTable(256, path=path))  # smtpd, opened later
     assert mine.locked("user:shared")
     assert not mine.locked("user:other")
+
+
+def test_the_shared_table_remembers_key_hashes_within_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashes are remembered per process (a connection hashes the same keys again and again);
+    a remembered hash is the one blake2b gives, and the memory stays bounded."""
+    from mailroom import shared
+    from mailroom.shared import Record, SharedTable
+
+    monkeypatch.setattr(shared, "_HASHES_KEPT", 8)
+    table = SharedTable(64)
+
+    def blake2b(key: str) -> int:
+        digest = hashlib.blake2b(key.encode(), digest_size=8, key=table._salt).digest()
+        return int.from_bytes(digest, "little") or 1
+
+    keys = [f"key:{i}" for i in range(20)] * 2  # the second time from memory where remembered
+    assert [table._hash(key) for key in keys] == [blake2b(key) for key in keys]
+    assert 0 < len(table._hashes) <= 8
+    with table.locked():
+        for i in range(20):
+            table.put(f"key:{i}", Record(a=i))
+        assert [table.get(f"key:{i}").a for i in range(20)] == list(range(20))  # type: ignore[union-attr]

@@ -20,6 +20,7 @@ import ssl
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiosmtpd.smtp
@@ -208,6 +209,50 @@ def _ehlo_params(hook: Callable[..., Any]) -> int:
 _COMMANDS: dict[tuple[str, ...], dict[str, str]] = {}
 
 
+@dataclass(frozen=True)
+class _Bindings:
+    """What _smtp_init gives every connection of one protocol class and handler alike."""
+
+    handler: weakref.ref[Any]
+    auth: tuple[tuple[str, str, _AuthMechAttr | None], ...]  # mechanism, method name, the handler's
+    hooks: dict[str, Callable[..., Any]]  # handle_ methods of the handler, bound (shared, read only)
+    commands: tuple[str, ...]  # smtp_ method names of the protocol class
+
+
+_BINDINGS: dict[tuple[Any, ...], _Bindings] = {}
+
+
+def _bindings(cls: type, handler: Any, handler_names: tuple[str, ...], exclude: tuple[str, ...]) -> _Bindings:
+    """aiosmtpd's per-connection introspection, done once per class, handler object and its names.
+
+    The protocol's own names come from its class: it never has instance attributes with the
+    prefixes aiosmtpd looks for. Only the protocol's own auth_ methods are bound per connection
+    (_smtp_init), its smtp_ methods when a command uses them (_Commands)."""
+    key = (cls, id(handler), handler_names, exclude)
+    found = _BINDINGS.get(key)
+    if found is not None and found.handler() is handler:
+        return found
+    own_names = tuple(n for n in dir(cls) if n.startswith(_PREFIXES))
+    auth: dict[str, tuple[str, str, _AuthMechAttr | None]] = {}
+    for owner, names in ((cls, own_names), (handler, handler_names)):
+        for name in names:
+            if name.startswith("auth_"):
+                method = getattr(owner, name)
+                mechanism = getattr(
+                    method, "__auth_mechanism_name__", name.replace("auth_", "").replace("__", "-")
+                )
+                shared = None if owner is cls else _AuthMechAttr(method, False)
+                auth[mechanism] = (mechanism, name, shared)
+    for mechanism in exclude:
+        auth.pop(mechanism, None)
+    hooks = {n.replace("handle_", ""): getattr(handler, n) for n in handler_names if n.startswith("handle_")}
+    commands = tuple(n for n in own_names if n.startswith("smtp_"))
+    if len(_BINDINGS) > 1000:  # handlers that keep changing their attributes: stay bounded
+        _BINDINGS.clear()
+    found = _BINDINGS[key] = _Bindings(weakref.ref(handler), tuple(auth.values()), hooks, commands)
+    return found
+
+
 class _Commands(Mapping[str, Any]):
     """aiosmtpd's {command: bound smtp_ method}, binding only the commands used."""
 
@@ -365,26 +410,14 @@ class MailroomSMTP(SMTP):
         self._authenticator = None
         self._auth_required = auth_required
 
-        own_names = _member_names(self)
-        auth_methods: dict[str, Any] = {}
-        for obj, names in ((self, own_names), (handler, handler_names)):
-            for name in names:
-                if name.startswith("auth_"):
-                    method = getattr(obj, name)
-                    mechanism = getattr(
-                        method, "__auth_mechanism_name__", name.replace("auth_", "").replace("__", "-")
-                    )
-                    auth_methods[mechanism] = _AuthMechAttr(method, obj is self)
-        for m in auth_exclude_mechanism or []:
-            auth_methods.pop(m, None)
-        self._auth_methods = auth_methods
-        self._handle_hooks = {
-            n.replace("handle_", ""): getattr(handler, n) for n in handler_names if n.startswith("handle_")
+        bindings = _bindings(type(self), handler, handler_names, tuple(auth_exclude_mechanism or ()))
+        self._auth_methods = {
+            mechanism: _AuthMechAttr(getattr(self, name), True) if shared is None else shared
+            for mechanism, name, shared in bindings.auth
         }
+        self._handle_hooks = bindings.hooks  # the handler's bound methods: the same for everyone
         self._ehlo_hook_ver = None if ehlo is None else "new"
-        self._smtp_methods = {
-            n.replace("smtp_", ""): getattr(self, n) for n in own_names if n.startswith("smtp_")
-        }
+        self._smtp_methods = _Commands(self, bindings.commands)
         self._enforce_call_limit = False
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:

@@ -1238,8 +1238,10 @@ class Folder:
 
     One Folder object per session: sync() reports what changed since that object's previous
     sync(). The listing behind it is shared by all Folder objects of the process for the same
-    folder; a Folder object costs a sorted array of the UIDs it has reported (4 bytes each).
-    A Folder object may be used from several threads.
+    folder; a Folder object costs a sorted array of the UIDs it has reported (4 bytes each),
+    which it shares with the listing and its session until one of them changes it (then that
+    one copies it first: see uid_array, known_uids). A Folder object may be used from several
+    threads.
     """
 
     def __init__(self, path: Path) -> None:
