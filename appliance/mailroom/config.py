@@ -219,6 +219,8 @@ class Config:
     smtp_listeners: tuple[Listener, ...]
     # smtpd processes sharing the listening sockets (one Python process uses one core).
     smtp_workers: int = 1
+    # Each worker on one CPU, round robin (daemon.pin_to_cpu): its threads wake each other there.
+    smtp_pin_workers: bool = True
     aliases: tuple[Alias, ...] = ()
     smtp_limits: SmtpLimits = field(default_factory=SmtpLimits)
     # Below this much free space in the store, MAIL FROM gets 452 4.3.1.
@@ -405,8 +407,9 @@ def parse(data: Any, source: Path | None = None) -> Config:
         raise ConfigError("tls", "certificate and private_key go together")
 
     smtp = top.sub("smtp")
-    smtp.check_unknown({"max_message_size", "listeners", "limits", "workers"})
+    smtp.check_unknown({"max_message_size", "listeners", "limits", "workers", "pin_workers"})
     workers = smtp.integer("workers", 1, minimum=1, maximum=64)
+    pin_workers = _flag(smtp, "pin_workers", True)
     max_size = smtp.integer("max_message_size", 25 * 1024 * 1024, minimum=1024, maximum=1 << 31)
     min_free = store.integer("min_free_bytes", max_size * 3 // 2)
     limits_reader = smtp.sub("limits", {})
@@ -458,6 +461,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         smtp_max_message_size=max_size,
         smtp_listeners=tuple(listeners),
         smtp_workers=workers,
+        smtp_pin_workers=pin_workers,
         dkim_keys=_parse_dkim(top, domains),
         dns=_parse_dns(top),
         srs=_parse_srs(top, domains),

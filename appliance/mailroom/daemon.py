@@ -311,6 +311,21 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def pin_to_cpu(cpu: int) -> None:
+    """Keep this process (called before it starts a thread: they inherit it) on one CPU.
+
+    For smtpd: every message is handed from the event loop to a delivery thread and back, and
+    on a VM a wake-up on another CPU is an inter-processor interrupt, with an exit to the
+    hypervisor. Kept on one CPU, a worker's threads wake each other locally; the workers still
+    share their listening sockets, so one whose CPU is busy simply accepts fewer connections.
+    Measured: about 8% more messages a second, one message per connection (docs/benchmarks.md).
+    """
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:  # a CPU set that changed under us: run unpinned
+        log.warning("cannot pin worker to CPU %d: %s", cpu, exc)
+
+
 QUICK_DEATH_SECONDS = 5.0
 QUICK_DEATHS_ALLOWED = 5
 
@@ -320,16 +335,23 @@ def run_workers(
     main: Callable[[asyncio.Event], Awaitable[None]],
     on_start: Callable[[int], None] | None = None,
     libuv: bool = False,
+    pin: bool = False,
 ) -> None:
     """Run main in count forked workers sharing the already bound sockets (pre-fork).
 
     One Python process uses one core; several workers accepting on the same
     sockets use them all. The parent only supervises: it restarts a worker
     that dies and passes SIGTERM/SIGINT on. With count 1 there is no fork.
+
+    pin: worker i and all its threads run on the i-th of the CPUs the daemon may use (round
+    robin), see pin_to_cpu.
     """
+    cpus = sorted(os.sched_getaffinity(0)) if pin else []
 
     def worker(index: int) -> None:
         _ThisWorker.index = index
+        if len(cpus) > 1:
+            pin_to_cpu(cpus[index % len(cpus)])
         if on_start:
             on_start(index)
         run(main, libuv)

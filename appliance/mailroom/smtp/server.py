@@ -94,4 +94,6 @@ def serve(config: Config) -> None:
             server.close()
         await asyncio.gather(*(server.wait_closed() for server in servers))
 
-    daemon.run_workers(config.smtp_workers, main, on_start=limiter.start_worker, libuv=True)
+    daemon.run_workers(
+        config.smtp_workers, main, on_start=limiter.start_worker, libuv=True, pin=config.smtp_pin_workers
+    )
