@@ -40,6 +40,8 @@ def test_good_config_parses_with_defaults() -> None:
     assert config.smtp_max_message_size == 25 * 1024 * 1024
     assert config.run_as_user == "mailroom"
     assert config.tls_certificate is None
+    assert config.smtp_workers == 1 and config.smtp_pin_workers is True
+    assert parse(with_change("smtp.pin_workers", False)).smtp_pin_workers is False
 
 
 @pytest.mark.parametrize(
@@ -62,6 +64,7 @@ def test_good_config_parses_with_defaults() -> None:
         ("smtp.listeners.0.name", "pop", "smtp.listeners[0].name", "must be one of"),
         ("smtp.max_message_size", 10, "smtp.max_message_size", "between"),
         ("smtp.relay", True, "smtp.relay", "unknown key"),
+        ("smtp.pin_workers", "yes", "smtp.pin_workers", "must be true or false"),
         ("log_level", "loud", "log_level", "must be one of"),
     ],
 )

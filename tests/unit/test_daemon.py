@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import time
+
+import pytest
 
 from mailroom import daemon
 
@@ -53,3 +57,40 @@ def test_the_log_formatter_writes_what_the_standard_one_writes() -> None:
         assert ours.format(record) == standard.format(record)
     record.created = start + 7.25
     assert ours.formatTime(record, "%H") == standard.formatTime(record, "%H")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+@pytest.mark.parametrize("pin", [True, False])
+def test_pinned_workers_each_run_on_one_cpu_round_robin(tmp_path, pin: bool) -> None:  # type: ignore[no-untyped-def]
+    """run_workers(pin=True): worker i and the threads it starts later on the i-th allowed CPU."""
+    import multiprocessing
+    import threading
+
+    cpus = sorted(os.sched_getaffinity(0))
+    count = len(cpus) + 1  # one more than CPUs: the last shares the first CPU
+
+    async def main(stop: asyncio.Event) -> None:
+        seen: list[set[int]] = []
+        thread = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+        thread.start()
+        thread.join()
+        index = daemon._ThisWorker.index
+        (tmp_path / f"worker-{index}").write_text(f"{sorted(os.sched_getaffinity(0))} {sorted(seen[0])}")
+        await stop.wait()
+
+    def supervise() -> None:
+        daemon.run_workers(count, main, pin=pin)
+
+    parent = multiprocessing.get_context("fork").Process(target=supervise)
+    parent.start()
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.glob("worker-*"))) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # the last file's text is written
+    os.kill(parent.pid, signal.SIGTERM)  # the parent stops every worker
+    parent.join(30)
+    assert parent.exitcode == 0
+    for index in range(count):
+        text = (tmp_path / f"worker-{index}").read_text()
+        expected = [cpus[index % len(cpus)]] if pin else cpus
+        assert text == f"{expected} {expected}"
