@@ -234,6 +234,7 @@ class Config:
     imap_listeners: tuple[Listener, ...] = ()
     imap_limits: ImapLimits = field(default_factory=ImapLimits)
     imap_workers: int = 1
+    imap_pin_workers: bool = True  # as smtp_pin_workers
     # Runtime state shared by the daemons (login throttling); a tmpfs, emptied at boot.
     runtime_dir: Path = Path("/run/mailroom")
     log_level: str = "info"
@@ -439,7 +440,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
     if metrics is not None and metrics.tls and cert is None:
         raise ConfigError("metrics.tls", "needs the host certificate (tls.certificate and tls.private_key)")
     pop3_listeners, pop3_limits = _parse_pop3(top, listeners, has_tls=cert is not None)
-    imap_listeners, imap_limits, imap_workers = _parse_imap(
+    imap_listeners, imap_limits, imap_workers, imap_pin_workers = _parse_imap(
         top, [*listeners, *pop3_listeners], has_tls=cert is not None
     )
 
@@ -475,6 +476,7 @@ def parse(data: Any, source: Path | None = None) -> Config:
         imap_listeners=imap_listeners,
         imap_limits=imap_limits,
         imap_workers=imap_workers,
+        imap_pin_workers=imap_pin_workers,
         runtime_dir=runtime_dir,
         log_level=log_level,
         delivery=_parse_delivery(top),
@@ -532,11 +534,11 @@ def _parse_pop3(
 
 def _parse_imap(
     top: _Reader, other_listeners: list[Listener], has_tls: bool
-) -> tuple[tuple[Listener, ...], ImapLimits, int]:
+) -> tuple[tuple[Listener, ...], ImapLimits, int, bool]:
     if top.raw("imap", None) is None:
-        return (), ImapLimits(), 1
+        return (), ImapLimits(), 1, True
     imap = top.sub("imap")
-    imap.check_unknown({"listeners", "limits", "workers"})
+    imap.check_unknown({"listeners", "limits", "workers", "pin_workers"})
     listeners = _parse_listeners(imap, "imap.listeners", IMAP_LISTENER_NAMES)
     if not listeners:
         raise ConfigError("imap.listeners", "must list at least one listener")
@@ -558,7 +560,7 @@ def _parse_imap(
     if values["line_limit"] < 1024:
         raise ConfigError("imap.limits.line_limit", "must be at least 1024 octets")
     workers = imap.integer("workers", 1, minimum=1, maximum=64)
-    return tuple(listeners), ImapLimits(**values), workers
+    return tuple(listeners), ImapLimits(**values), workers, _flag(imap, "pin_workers", True)
 
 
 def _absolute_path(reader: _Reader, name: str, default: Any = ...) -> Path | None:

@@ -65,6 +65,7 @@ def test_good_config_parses_with_defaults() -> None:
         ("smtp.max_message_size", 10, "smtp.max_message_size", "between"),
         ("smtp.relay", True, "smtp.relay", "unknown key"),
         ("smtp.pin_workers", "yes", "smtp.pin_workers", "must be true or false"),
+        ("smtp.pin_workers", 1, "smtp.pin_workers", "must be true or false"),
         ("log_level", "loud", "log_level", "must be one of"),
     ],
 )
@@ -195,3 +196,13 @@ def test_runtime_dir_defaults_and_must_be_absolute() -> None:
     assert str(parse({**GOOD, "runtime_dir": "/tmp/x/run"}).runtime_dir) == "/tmp/x/run"
     with pytest.raises(ConfigError, match="absolute"):
         parse({**GOOD, "runtime_dir": "run"})
+
+
+def test_imap_workers_are_pinned_unless_told_not_to() -> None:
+    imap = {"listeners": [{"name": "imaps", "address": "0.0.0.0", "port": 993}], "workers": 2}
+    config = parse({**GOOD, "tls": TLS, "imap": imap})
+    assert config.imap_workers == 2 and config.imap_pin_workers is True
+    assert parse({**GOOD, "tls": TLS, "imap": {**imap, "pin_workers": False}}).imap_pin_workers is False
+    with pytest.raises(ConfigError) as info:
+        parse({**GOOD, "tls": TLS, "imap": {**imap, "pin_workers": "no"}})
+    assert info.value.key == "imap.pin_workers"

@@ -105,4 +105,4 @@ def serve(config: Config) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
-    daemon.run_workers(config.imap_workers, main)
+    daemon.run_workers(config.imap_workers, main, pin=config.imap_pin_workers)
