@@ -53,12 +53,13 @@ def scanned(path: Path) -> list[tuple[int, frozenset[str], int, str]]:
     return result
 
 
-def count_cur_listings(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[str]:
+def count_listings(monkeypatch: pytest.MonkeyPatch, path: Path, sub: str = "cur") -> list[str]:
+    """The listings of path/sub (cur/ or new/) made from now on."""
     calls: list[str] = []
     real = os.listdir
 
     def listdir(where: object = ".") -> list[str]:
-        if str(where) == str(path / "cur"):
+        if str(where) == str(path / sub):
             calls.append(str(where))
         return real(where)  # type: ignore[arg-type]
 
@@ -74,7 +75,7 @@ def test_a_big_folder_saves_its_index_and_a_new_process_opens_it_without_listing
     assert oct((big.path / INDEX_FILE).stat().st_mode & 0o777) == "0o600"
     expected = scanned(big.path)
     new_process()
-    calls = count_cur_listings(monkeypatch, big.path)
+    calls = count_listings(monkeypatch, big.path)
     folder = Folder(big.path)
     result = folder.sync()
     assert result.new_uids == list(range(1, 13))
@@ -243,19 +244,6 @@ def test_the_first_open_in_a_process_reads_the_index_ahead_and_later_ones_do_not
     assert advised[2:] == [(str(big.path / STATE_FILE), 0, os.POSIX_FADV_WILLNEED)]
 
 
-def count_new_listings(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[str]:
-    calls: list[str] = []
-    real = os.listdir
-
-    def listdir(where: object = ".") -> list[str]:
-        if str(where) == str(path / "new"):
-            calls.append(str(where))
-        return real(where)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "listdir", listdir)
-    return calls
-
-
 def age_new(path: Path, seconds: float) -> None:
     """Make new/'s mtime that many seconds old (as if the last arrival was that long ago)."""
     then = time.time_ns() - int(seconds * 1e9)
@@ -272,7 +260,7 @@ def test_a_new_process_skips_listing_new_that_was_found_empty_at_its_mtime(
     Folder(big.path).store_flags([1], ["\\Answered"], Mode.ADD)  # lists new/, saves the index
     expected = listing(big.path)
     new_process()
-    calls = count_new_listings(monkeypatch, big.path)
+    calls = count_listings(monkeypatch, big.path, "new")
     assert listing(big.path) == expected
     assert calls == []
 
@@ -296,6 +284,6 @@ def test_an_empty_new_with_a_fresh_mtime_is_listed_by_every_new_process(
     saved.close()
     assert saved.new_empty_at == 0
     new_process()
-    calls = count_new_listings(monkeypatch, big.path)
+    calls = count_listings(monkeypatch, big.path, "new")
     Folder(big.path).sync()
     assert calls and set(calls) == {str(big.path / "new")}
