@@ -213,7 +213,7 @@ _COMMANDS: dict[tuple[str, ...], dict[str, str]] = {}
 class _Bindings:
     """What _smtp_init gives every connection of one protocol class and handler alike."""
 
-    handler: weakref.ref[Any]
+    handler: Any  # held, so that its id in the cache key cannot be reused meanwhile
     auth: tuple[tuple[str, str, _AuthMechAttr | None], ...]  # mechanism, method name, the handler's
     hooks: dict[str, Callable[..., Any]]  # handle_ methods of the handler, bound (shared, read only)
     commands: tuple[str, ...]  # smtp_ method names of the protocol class
@@ -230,7 +230,7 @@ def _bindings(cls: type, handler: Any, handler_names: tuple[str, ...], exclude: 
     (_smtp_init), its smtp_ methods when a command uses them (_Commands)."""
     key = (cls, id(handler), handler_names, exclude)
     found = _BINDINGS.get(key)
-    if found is not None and found.handler() is handler:
+    if found is not None:
         return found
     own_names = tuple(n for n in dir(cls) if n.startswith(_PREFIXES))
     auth: dict[str, tuple[str, str, _AuthMechAttr | None]] = {}
@@ -249,7 +249,7 @@ def _bindings(cls: type, handler: Any, handler_names: tuple[str, ...], exclude: 
     commands = tuple(n for n in own_names if n.startswith("smtp_"))
     if len(_BINDINGS) > 1000:  # handlers that keep changing their attributes: stay bounded
         _BINDINGS.clear()
-    found = _BINDINGS[key] = _Bindings(weakref.ref(handler), tuple(auth.values()), hooks, commands)
+    found = _BINDINGS[key] = _Bindings(handler, tuple(auth.values()), hooks, commands)
     return found
 
 
