@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+DEFAULT_SIZE = min(32, (os.cpu_count() or 1) + 4)  # as many as asyncio's default executor
+
 
 class WorkerThreads:
     """Threads that run the sessions' blocking calls, shared by the process.

@@ -3,10 +3,9 @@ the worker threads that run store calls."""
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 
-from ..workers import WorkerThreads
+from ..workers import DEFAULT_SIZE, WorkerThreads
 
 
 class State(Enum):
@@ -40,4 +39,4 @@ def bad(text: str, code: bytes | None = None) -> Reply:
     return Reply("BAD", text, code)
 
 
-WORKERS = WorkerThreads(min(32, (os.cpu_count() or 1) + 4), "imap-store")  # as many as the default executor
+WORKERS = WorkerThreads(DEFAULT_SIZE, "imap-store")

@@ -27,12 +27,12 @@ from ..fsutil import free_bytes
 from ..queue import Envelope as QueueEnvelope
 from ..queue import Spool, SpoolError, srs
 from ..store import DeliveryError, Maildir, MaildirStore
-from ..workers import WorkerThreads
+from ..workers import DEFAULT_SIZE, WorkerThreads
 from . import replies
 
 log = logging.getLogger("mailroom.smtp")
 # The threads that write and fsync received messages (one hand-off per message: see workers.py).
-DELIVERY = WorkerThreads(min(32, (os.cpu_count() or 1) + 4), "smtp-delivery")
+DELIVERY = WorkerThreads(DEFAULT_SIZE, "smtp-delivery")
 
 
 _ID_BYTES = 6
