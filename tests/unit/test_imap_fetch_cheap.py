@@ -52,7 +52,13 @@ def test_cheap_fetch_matches_the_general_renderer(
             items = tuple(Attr(name) for name in names)
             assert fetching.cheap(items)
             out, gone = fetching.render_cheap(
-                selected, batch, items, with_uid=with_uid, with_modseq=with_modseq, changedsince=changedsince
+                selected,
+                [seq for seq, _ in batch],
+                [uid for _, uid in batch],
+                items,
+                with_uid=with_uid,
+                with_modseq=with_modseq,
+                changedsince=changedsince,
             )
             assert gone == 0
             assert out == general(selected, batch, items, with_uid, with_modseq, changedsince), names
@@ -64,7 +70,13 @@ def test_cheap_fetch_counts_messages_expunged_meanwhile(selected: Selected) -> N
     batch = [(seq, uid) for seq, uid in enumerate(selected.uids, 1)]
     batch.append((99, 4242))  # a UID the store does not have
     out, gone = fetching.render_cheap(
-        selected, batch, (Attr("FLAGS"),), with_uid=True, with_modseq=False, changedsince=None
+        selected,
+        [seq for seq, _ in batch],
+        [uid for _, uid in batch],
+        (Attr("FLAGS"),),
+        with_uid=True,
+        with_modseq=False,
+        changedsince=None,
     )
     assert gone == 2
     assert b"UID 4 " not in out and out.count(b"FETCH") == 7

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,31 @@ def test_sequence_sets_resolve_to_seq_uid_pairs(maildir: Maildir) -> None:
     assert selected.resolve(SequenceSet.parse("99"), uid=True) == []
     assert selected.out_of_range(SequenceSet.parse("6"))
     assert not selected.out_of_range(SequenceSet.parse("1:*"))
+
+
+@pytest.mark.parametrize(
+    ("text", "uid"),
+    [("1:*", False), ("1:*", True), ("2:3,5", False), ("7,1:4,3:9", False), ("*:4,2", True), ("99", True)],
+)
+def test_runs_are_the_resolved_pairs_in_chunks_without_a_tuple_per_message(
+    maildir: Maildir, text: str, uid: bool
+) -> None:
+    selected = opened(maildir, 9)
+    sequence = SequenceSet.parse(text)
+    runs = selected.runs(sequence, uid=uid, size=2)
+    assert all(0 < len(seqs) == len(uids) <= 2 for seqs, uids in runs)
+    assert [pair for seqs, uids in runs for pair in zip(seqs, uids, strict=True)] == selected.resolve(
+        sequence, uid=uid
+    )
+    # A span is a range and a slice of the UID array: FETCH 1:* of a big folder builds no pairs.
+    assert all(isinstance(seqs, range) and isinstance(uids, array) for seqs, uids in runs)
+
+
+def test_runs_of_the_saved_result(maildir: Maildir) -> None:
+    selected = opened(maildir, 5)
+    selected.saved = [5, 2, 3]
+    runs = selected.runs(SequenceSet.parse("$"), uid=True, size=2)
+    assert [(list(seqs), list(uids)) for seqs, uids in runs] == [([2, 3], [2, 3]), ([5], [5])]
 
 
 def test_other_sessions_changes_become_untagged_responses(maildir: Maildir) -> None:

@@ -174,7 +174,6 @@ def render(
 # one format per response, in batches far larger than those that read files.
 _CHEAP_ITEMS = {"UID": (b"UID %d", 1), "FLAGS": (b"FLAGS %s", 2), "MODSEQ": (b"MODSEQ (%d)", 3)}
 CHEAP_BATCH = 10_000
-_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 def cheap(items: Sequence[f.FetchAttr]) -> bool:
@@ -184,14 +183,16 @@ def cheap(items: Sequence[f.FetchAttr]) -> bool:
 
 def render_cheap(
     selected: Selected,
-    batch: list[tuple[int, int]],
+    seqs: Sequence[int],
+    uids: Sequence[int],
     items: Sequence[f.FetchAttr],
     *,
     with_uid: bool,
     with_modseq: bool,
     changedsince: int | None,
 ) -> tuple[bytes, int]:
-    """`* seq FETCH (...)` for each (seq, uid) of batch, and how many are gone; items as cheap()."""
+    """`* seq FETCH (...)` for each message (seqs and uids side by side, as Selected.runs gives
+    them), and how many are gone; items as cheap()."""
     order = ["UID"] if with_uid else []
     order += [item.name for item in items if item.name not in order]  # type: ignore[union-attr]
     if with_modseq and "MODSEQ" not in order:
@@ -199,18 +200,17 @@ def render_cheap(
     template = b"* %d FETCH (" + b" ".join(_CHEAP_ITEMS[name][0] for name in order) + b")\r\n"
     pick = itemgetter(0, *(_CHEAP_ITEMS[name][1] for name in order))
     pending = selected.pending_expunge
-    uids = list(map(_SECOND, batch))
     if not pending and changedsince is None:
         run = selected.folder.columns(uids)
         if run is not None:  # every message is here: whole columns zipped into the template
             flags, modseqs = run
             values = {"UID": uids, "FLAGS": [flags_value(f) for f in flags], "MODSEQ": modseqs}
-            rows = zip(map(_FIRST, batch), *(values[name] for name in order), strict=True)
+            rows = zip(seqs, *(values[name] for name in order), strict=True)
             return b"".join([template % row for row in rows]), 0
-    summaries = selected.folder.summaries(uids)
+    summaries = selected.folder.summaries(list(uids))
     out = []
     gone = 0
-    for (seq, uid), summary in zip(batch, summaries, strict=True):
+    for seq, uid, summary in zip(seqs, uids, summaries, strict=True):
         if summary is None or uid in pending:
             gone += 1
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..store import FolderError, InvalidFlag, InvalidFolderName, MessageGone, NoSuchFolder, TooManyKeywords
@@ -130,21 +130,22 @@ class MessageCommands:
             return bad("VANISHED needs ENABLE QRESYNC, UID FETCH and CHANGEDSINCE")
         if command.changedsince is not None or any(getattr(i, "name", None) == "MODSEQ" for i in items):
             self.condstore = True
-        pairs = selected.resolve(command.sequence, uid=command.uid)
+        cheap = fetching.cheap(items)
+        runs = selected.runs(
+            command.sequence, uid=command.uid, size=fetching.CHEAP_BATCH if cheap else FETCH_BATCH
+        )
         if command.vanished:
-            await self._report_vanished(command, pairs)
+            await self._report_vanished(command, runs)
         set_seen = not selected.readonly and fetching.sets_seen(items)
         need = fetching.needs_content(items)
         missing = 0
-        cheap = fetching.cheap(items)
-        step = fetching.CHEAP_BATCH if cheap else FETCH_BATCH
-        for start in range(0, len(pairs), step):
-            batch = pairs[start : start + step]
+        for number, (seqs, uids) in enumerate(runs, 1):
             if cheap:
                 render: Callable[[], tuple[bytes, int]] = functools.partial(
                     fetching.render_cheap,
                     selected,
-                    batch,
+                    seqs,
+                    uids,
                     items,
                     with_uid=command.uid,
                     with_modseq=self.condstore,
@@ -154,14 +155,14 @@ class MessageCommands:
                 render = functools.partial(
                     self._fetch_batch,
                     selected,
-                    batch,
+                    list(zip(seqs, uids, strict=True)),
                     items,
                     need,
                     set_seen,
                     command.uid,
                     command.changedsince,
                 )
-            if start + step >= len(pairs):  # the last batch brings the updates along
+            if number == len(runs):  # the last batch brings the updates along
                 out, gone = await self.io_then_updates(command, render)
             else:
                 out, gone = await self.io(render)
@@ -214,9 +215,11 @@ class MessageCommands:
                 gone += 1
         return bytes(out), gone
 
-    async def _report_vanished(self: Session, command: c.Fetch, pairs: list[tuple[int, int]]) -> None:
+    async def _report_vanished(
+        self: Session, command: c.Fetch, runs: list[tuple[Sequence[int], Sequence[int]]]
+    ) -> None:
         selected = self._sel()
-        present = {uid for _, uid in pairs}
+        present = {uid for _, uids in runs for uid in uids}
         top = max(selected.folder.uidnext - 1, 1)
         wanted = (
             [u for u in command.sequence.resolve(top) if u not in present]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from operator import attrgetter
 
 from ..store import Folder, MessageInfo
@@ -80,6 +80,32 @@ class Selected:
         if sequence.saved:
             wanted = set(self.saved or ())
             return [(i + 1, u) for i, u in enumerate(uids) if u in wanted]
+        pairs: list[tuple[int, int]] = []
+        for start, stop in self._spans(sequence, uid=uid):
+            pairs.extend(zip(range(start + 1, stop + 1), uids[start:stop], strict=True))
+        return pairs
+
+    def runs(
+        self, sequence: SequenceSet, *, uid: bool, size: int
+    ) -> list[tuple[Sequence[int], Sequence[int]]]:
+        """resolve() in runs of at most `size` messages, each as (seqs, uids): a range and a slice
+        of the UID array rather than a tuple per message. `UID FETCH 1:* (FLAGS)` on 100,000
+        messages would otherwise make 100,000 tuples, which is memory written (and caches
+        emptied) for nothing."""
+        if sequence.saved:
+            pairs = self.resolve(sequence, uid=uid)
+            chunks = (pairs[at : at + size] for at in range(0, len(pairs), size))
+            return [([s for s, _ in chunk], [u for _, u in chunk]) for chunk in chunks]
+        uids = self.uids
+        return [
+            (range(lo + 1, min(lo + size, stop) + 1), uids[lo : min(lo + size, stop)])
+            for start, stop in self._spans(sequence, uid=uid)
+            for lo in range(start, stop, size)
+        ]
+
+    def _spans(self, sequence: SequenceSet, *, uid: bool) -> list[tuple[int, int]]:
+        """The positions in uids of a sequence set (not `$`) as ascending, disjoint [start, stop)."""
+        uids = self.uids
         if not uids:
             return []
         # Each range is a span of positions in uids; overlapping spans are merged, so `1:*` on a
@@ -97,14 +123,14 @@ class Selected:
                 lo, hi = (largest if a is None else a), (largest if b is None else b)
                 lo, hi = min(lo, hi), max(lo, hi)
                 spans.append((max(lo, 1) - 1, min(hi, largest)))
-        pairs: list[tuple[int, int]] = []
-        done = 0  # positions below this are already in pairs
+        merged: list[tuple[int, int]] = []
+        done = 0  # positions below this are already in merged
         for first, stop in sorted(spans):
             start = max(first, done)
             if start < stop:
-                pairs.extend(zip(range(start + 1, stop + 1), uids[start:stop], strict=True))
+                merged.append((start, stop))
                 done = stop
-        return pairs
+        return merged
 
     def out_of_range(self, sequence: SequenceSet) -> bool:
         """A message sequence number above EXISTS (RFC 3501 9: an invalid number is an error).

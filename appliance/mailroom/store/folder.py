@@ -1401,7 +1401,7 @@ class Folder:
                 return list(zip(*run, strict=True))
             return [listing.summary(uid) for uid in uids]
 
-    def columns(self, uids: list[int]) -> tuple[list[frozenset[str]], array] | None:
+    def columns(self, uids: Sequence[int]) -> tuple[list[frozenset[str]], array] | None:
         """(flags of each, modseqs) if uids are a run of consecutive messages here, else None.
 
         The usual case for FETCH 1:* in a big folder: the columns are sliced in C."""
@@ -1411,7 +1411,8 @@ class Folder:
             if start is None:
                 return None
             stop = start + len(uids)
-            if listing._uids[start:stop] != array("I", uids):
+            wanted = uids if isinstance(uids, array) and uids.typecode == "I" else array("I", uids)
+            if listing._uids[start:stop] != wanted:
                 return None
             flags = listing._fid_flags
             return [flags[fid] for fid in listing._fids[start:stop]], listing._modseqs[start:stop]
