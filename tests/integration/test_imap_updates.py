@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from tests.integration.test_imap import Imapd, imapd, message
+from tests.integration.test_imap import ALICE, Imapd, imapd, message
 from tests.integration.test_imap_conformance import Conn, fill
 
 __all__ = ["imapd"]  # the fixture, imported for pytest
@@ -101,6 +101,54 @@ def test_select_after_select_keeps_reporting_from_the_new_selection(imapd: Imapd
     other.ok("SELECT INBOX")
     other.ok("STORE 2 +FLAGS (\\Flagged)")
     assert _lines(conn.ok("NOOP")) == [b"* 2 FETCH (FLAGS (\\Flagged))"]
+    conn.close()
+    other.close()
+
+
+def test_a_reselect_reports_the_folder_as_it_is_now_as_a_new_selection(imapd: Imapd) -> None:
+    fill(imapd, 3)
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("SELECT INBOX")
+    other.ok("SELECT INBOX")
+    other.ok("STORE 1 +FLAGS (\\Deleted)")
+    other.ok("EXPUNGE")
+    other.ok("UID STORE 2 +FLAGS (\\Flagged)")
+    imapd.deliver(ALICE, message("new"))
+    selected = conn.ok("SELECT INBOX")
+    # A new selection: the folder as it is, no EXPUNGE or FETCH for changes made before it.
+    assert b"* 3 EXISTS" in selected and b"[UIDNEXT 5]" in selected, selected
+    assert b"EXPUNGE" not in selected and b"FETCH" not in selected, selected
+    fetched = _lines(conn.ok("FETCH 1:* (UID FLAGS)"))
+    assert fetched == [
+        b"* 1 FETCH (UID 2 FLAGS (\\Flagged))",
+        b"* 2 FETCH (UID 3 FLAGS ())",
+        b"* 3 FETCH (UID 4 FLAGS ())",
+    ], fetched
+    assert conn.ok("NOOP") == b""  # and nothing is reported twice
+    conn.close()
+    other.close()
+
+
+def test_a_reselect_of_a_folder_deleted_meanwhile(imapd: Imapd) -> None:
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("CREATE Work")
+    data = message("work")
+    conn.ok(b"APPEND Work {%d+}\r\n%b" % (len(data), data))
+    first = conn.ok("SELECT Work")
+    other.ok("DELETE Work")
+    tagged, _ = conn.cmd("SELECT Work")
+    assert tagged.startswith(b"NO [NONEXISTENT]"), tagged
+    # Made again by another session: the reselect opens the new folder, not the old one's listing.
+    other.ok("CREATE Work")
+    for _ in range(2):
+        other.ok(b"APPEND Work {%d+}\r\n%b" % (len(data), data))
+    conn.ok("SELECT Work")
+    other.ok("DELETE Work")
+    other.ok("CREATE Work")
+    again = conn.ok("SELECT Work")
+    assert b"* 0 EXISTS" in again, again
+    validity = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+    assert validity.search(again).group(1) != validity.search(first).group(1)  # type: ignore[union-attr]
     conn.close()
     other.close()
 

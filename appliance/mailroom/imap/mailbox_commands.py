@@ -7,6 +7,7 @@ APPENDLIMIT (RFC 7889) and QUOTA (RFC 9208). Mixed into `session.Session`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from ..store import (
     Folder,
     FolderError,
     FolderExists,
+    FolderGone,
     InvalidFlag,
     InvalidFolderName,
     Mailbox,
@@ -318,9 +320,11 @@ class MailboxCommands:
     async def _select(self: Session, command: c.Select, *, readonly: bool) -> Reply:
         if command.qresync is not None and not self.qresync:
             return _bad("QRESYNC must be enabled first (ENABLE QRESYNC)")
-        # `previous` keeps the folder left behind referenced until the new one is open: a reselect
-        # of the same folder (what clients do all day) then reuses the process's listing of it
-        # instead of scanning the folder again (the store keeps only a few unused listings).
+        # A reselect of the same name (what clients do all day) carries on with the session's
+        # Folder object: its listing and what it reported are at hand, and the sync below
+        # reports everything anew to the new Selected anyway. Otherwise `previous` keeps the
+        # folder left behind referenced until the new one is open: the store keeps only a few
+        # unused listings, and a reselect by another name still finds it.
         previous = self.selected
         if previous is not None:
             self.selected = None
@@ -330,14 +334,21 @@ class MailboxCommands:
         if command.condstore:
             self.condstore = True
         mailbox = self._mailbox()
+        again = previous.folder if previous is not None and previous.name == command.mailbox else None
 
         def open_folder() -> tuple[Selected, int | None, tuple[int, int, int], bytes]:
             # One trip to the worker thread for everything SELECT reports (each trip costs a
             # thread hand-off, which on a busy machine is most of a small SELECT's time).
-            folder = mailbox.folder(command.mailbox)
-            selected = Selected(folder, command.mailbox, readonly=readonly)
-            selected.open()
-            state = folder.state_as_synced()  # what open() saw: UIDNEXT as of EXISTS
+            selected = None
+            if again is not None:
+                with contextlib.suppress(FolderGone):  # deleted or replaced: look it up anew
+                    reopened = Selected(again, command.mailbox, readonly=readonly)
+                    reopened.open()
+                    selected = reopened
+            if selected is None:
+                selected = Selected(mailbox.folder(command.mailbox), command.mailbox, readonly=readonly)
+                selected.open()
+            state = selected.folder.state_as_synced()  # what open() saw: UIDNEXT as of EXISTS
             report = b""
             if command.qresync is not None:  # in the worker: it walks the whole folder
                 report = _qresync_report(selected, selected.infos(), command.qresync)
@@ -348,22 +359,31 @@ class MailboxCommands:
         except (NoSuchFolder, InvalidFolderName):
             return _no("No such folder", b"NONEXISTENT")
         uidvalidity, uidnext, highest = state
-        self.write(selected.flags_announcement())
-        self.write(r.exists(selected.exists))
-        self.write(r.recent(0))
-        if first_unseen is not None:
-            self.write(r.untagged_status("OK", "First unseen", r.code("UNSEEN", first_unseen)))
-        self.write(r.untagged_status("OK", "UIDs valid", r.code("UIDVALIDITY", uidvalidity)))
-        self.write(r.untagged_status("OK", "Predicted next UID", r.code("UIDNEXT", uidnext)))
-        # RFC 7162 3.1.2.1: a server that keeps modseqs sends it on every successful SELECT.
-        self.write(r.untagged_status("OK", "Highest", r.code("HIGHESTMODSEQ", highest)))
-        self.write(report)
+        unseen = b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen if first_unseen is not None else b""
+        # RFC 7162 3.1.2.1: a server that keeps modseqs sends HIGHESTMODSEQ on every SELECT.
+        self.write(
+            selected.flags_announcement()
+            + _SELECT_REPORT % (selected.exists, unseen, uidvalidity, uidnext, highest)
+            + report
+        )
         self.selected = selected
         self.state = State.SELECTED
         self.mailbox_name = command.mailbox
         self._updates = b""  # the folder was read just now: nothing to report yet
         code = r.code("READ-ONLY" if readonly else "READ-WRITE")
         return _ok(f"{'EXAMINE' if readonly else 'SELECT'} completed", code)
+
+
+# What SELECT and EXAMINE report after the flags, in one piece (a SELECT is a handful of lines,
+# each of which would otherwise be put together from its parts).
+_SELECT_REPORT = (
+    b"* %d EXISTS\r\n"
+    b"* 0 RECENT\r\n"
+    b"%b"
+    b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
+    b"* OK [UIDNEXT %d] Predicted next UID\r\n"
+    b"* OK [HIGHESTMODSEQ %d] Highest\r\n"
+)
 
 
 def _qresync_report(selected: Selected, infos: list, qresync: c.QResync) -> bytes:

@@ -23,6 +23,10 @@ from .protocol import responses as r
 
 _UID = attrgetter("uid")
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+# The FLAGS and PERMANENTFLAGS lines of each (read-only, keywords...) seen, as sent at every
+# SELECT. Bounded: keywords are the folder's own, but folders are many.
+_ANNOUNCEMENTS: dict[tuple[bool | str, ...], bytes] = {}
+_ANNOUNCEMENTS_MAX = 1024
 
 
 class Selected:
@@ -43,12 +47,18 @@ class Selected:
 
     def flags_announcement(self) -> bytes:
         """FLAGS and PERMANENTFLAGS: at SELECT, and again whenever a keyword is defined."""
-        defined = [*SYSTEM_FLAGS, *self.keywords]
-        permanent = [] if self.readonly else list(defined)
-        if not self.readonly and len(self.keywords) < MAX_KEYWORDS:
-            permanent.append("\\*")
-        code = r.code("PERMANENTFLAGS", [r.Atom(f) for f in permanent])
-        return r.flags(defined) + r.untagged_status("OK", "Flags permitted", code)
+        key = (self.readonly, *self.keywords)
+        announced = _ANNOUNCEMENTS.get(key)
+        if announced is None:
+            defined = [*SYSTEM_FLAGS, *self.keywords]
+            permanent = [] if self.readonly else list(defined)
+            if not self.readonly and len(self.keywords) < MAX_KEYWORDS:
+                permanent.append("\\*")
+            code = r.code("PERMANENTFLAGS", [r.Atom(f) for f in permanent])
+            announced = r.flags(defined) + r.untagged_status("OK", "Flags permitted", code)
+            if len(_ANNOUNCEMENTS) < _ANNOUNCEMENTS_MAX:
+                _ANNOUNCEMENTS[key] = announced
+        return announced
 
     def keyword_update(self, *, synced: bool = False) -> bytes:
         """A new FLAGS response if the folder's keywords changed (RFC 3501 7.2.6: the client

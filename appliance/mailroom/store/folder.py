@@ -95,6 +95,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 import weakref
@@ -364,9 +365,11 @@ def _shared_listing(path: Path) -> _Listing:
         read_ahead(os.path.join(where, INDEX_FILE), PREFETCH_BYTES)
         read_ahead(os.path.join(where, STATE_FILE), 4096)
     try:
-        cur = os.stat(path / "cur")
-    except FileNotFoundError as exc:
+        cur = os.stat(os.path.join(where, "cur"))
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise FolderGone(f"folder {path} does not exist") from exc
+    if not stat.S_ISDIR(cur.st_mode):
+        raise FolderGone(f"folder {path} does not exist")
     key = (where, cur.st_dev, cur.st_ino)
     with _registry.lock:
         listing = _registry.listings.get(key)
@@ -1252,6 +1255,10 @@ class Folder:
         self._seen: int | None = None  # the listing's version at our last sync()
         self._seen_modseq = 0
         self._own: dict[int, int] = {}  # our own flag changes since the last sync(): uid -> modseq
+
+    def attach(self) -> None:
+        """Find the folder's listing now (raises FolderGone if the folder does not exist)."""
+        self._listing  # noqa: B018 - the property does it
 
     @property
     def _listing(self) -> _Listing:

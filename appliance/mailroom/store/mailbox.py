@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import fsync_dir, replace_synced
-from .errors import FolderExists, InvalidFolderName, NoSuchFolder
+from .errors import FolderExists, FolderGone, InvalidFolderName, NoSuchFolder
 from .folder import STATE_FILE, Folder, init_folder_dir, new_uidvalidity
 from .maildir import Maildir
 from .names import INBOX, SEPARATOR, decode, directory_name, encode, from_directory, normalize, parent_names
@@ -64,10 +64,12 @@ class Mailbox:
 
     def folder(self, name: str) -> Folder:
         """The Folder of an existing, selectable name (raises NoSuchFolder)."""
-        path = self._path(normalize(name))
-        if not (path / "cur").is_dir():
-            raise NoSuchFolder(f"no folder {name!r}")
-        return Folder(path)
+        folder = Folder(self._path(normalize(name)))
+        try:
+            folder.attach()  # one stat of cur/ tells both that it exists and which it is
+        except FolderGone:
+            raise NoSuchFolder(f"no folder {name!r}") from None
+        return folder
 
     def exists(self, name: str) -> bool:
         return (self._path(normalize(name)) / "cur").is_dir()
