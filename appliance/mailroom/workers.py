@@ -4,10 +4,10 @@ loop.run_in_executor(): the daemons make one such trip per IMAP command and per 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import os
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,14 +17,33 @@ T = TypeVar("T")
 DEFAULT_SIZE = min(32, (os.cpu_count() or 1) + 4)  # as many as asyncio's default executor
 
 
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+
+
+class _Idle:
+    """A thread waiting for work: its own lock, released to hand it a job."""
+
+    __slots__ = ("job", "wake")
+
+    def __init__(self) -> None:
+        self.job: _Job | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+
 class WorkerThreads:
     """Threads that run the sessions' blocking calls, shared by the process.
 
-    A lighter hand-off than loop.run_in_executor(): the call goes on a queue with the asyncio
+    A lighter hand-off than loop.run_in_executor(): the call goes to a thread with the asyncio
     future it settles, and the thread settles that future through call_soon_threadsafe, with no
     concurrent.futures.Future chained to it (every IMAP command and every message received makes
-    one such trip; this halves the CPU each costs). The threads start on first use and live as
-    long as the process.
+    one such trip; this halves the CPU each costs).
+
+    Each idle thread waits on a lock of its own, and a call wakes exactly one: the thread that
+    went idle last, whose stack and data are the likeliest to be still in the CPU's caches. (With
+    one queue that every idle thread waits on, as queue.SimpleQueue has it, each call woke a
+    second thread for nothing, which then fought the first for the GIL.) The threads start as
+    calls need them, up to size, and live as long as the process; calls beyond that wait in order.
     """
 
     def __init__(self, size: int, name: str) -> None:
@@ -35,32 +54,43 @@ class WorkerThreads:
         os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
-        self._queue: queue.SimpleQueue[
-            tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]]
-        ]
-        self._queue = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._started = False
+        self._idle: list[_Idle] = []  # a stack: the last to go idle is woken first
+        self._backlog: collections.deque[_Job] = collections.deque()
+        self._threads = 0
 
     def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """fn() in a worker thread; await the result (or the exception it raised)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        if not self._started:
-            self._start()
-        self._queue.put((loop, future, fn))
+        job: _Job = (loop, future, fn)
+        with self._lock:
+            if self._idle:
+                idle = self._idle.pop()
+                idle.job = job
+                idle.wake.release()
+                return future
+            if self._threads >= self.size:
+                self._backlog.append(job)
+                return future
+            self._threads += 1
+            number = self._threads
+        threading.Thread(target=self._work, args=(job,), name=f"{self.name}-{number}", daemon=True).start()
         return future
 
-    def _start(self) -> None:
-        with self._lock:
-            if not self._started:
-                for n in range(self.size):
-                    threading.Thread(target=self._work, name=f"{self.name}-{n}", daemon=True).start()
-                self._started = True
-
-    def _work(self) -> None:
+    def _work(self, job: _Job | None) -> None:
+        me = _Idle()
         while True:
-            self._one(*self._queue.get())  # the item's references die with _one's frame
+            assert job is not None
+            self._one(*job)
+            job = None  # its references (the call, its result) go now, not at the next job
+            with self._lock:
+                if self._backlog:
+                    job = self._backlog.popleft()
+                    continue
+                self._idle.append(me)
+            me.wake.acquire()
+            job, me.job = me.job, None
 
     @staticmethod
     def _one(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], fn: Callable[[], Any]) -> None:

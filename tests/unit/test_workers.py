@@ -35,6 +35,39 @@ def test_results_and_exceptions_reach_the_awaiting_coroutine_from_other_threads(
     asyncio.run(run())  # a second event loop is served by the same threads
 
 
+def test_one_call_at_a_time_goes_to_the_thread_that_went_idle_last() -> None:
+    workers = WorkerThreads(3, "test")
+    started = threading.Barrier(3)
+
+    async def run() -> set[int]:
+        # Three calls at once start all three threads.
+        await asyncio.gather(*(workers.run(lambda: started.wait(5)) for _ in range(3)))
+        # Then, one at a time, every call is for the same thread: the others stay asleep.
+        return {await workers.run(threading.get_ident) for _ in range(20)}
+
+    assert len(asyncio.run(run())) == 1
+
+
+def test_calls_beyond_the_size_wait_their_turn() -> None:
+    workers = WorkerThreads(2, "test")
+    release = threading.Event()
+    running: set[int] = set()
+
+    def call(n: int) -> int:
+        running.add(threading.get_ident())
+        release.wait(5)
+        return n
+
+    async def run() -> list[int]:
+        futures = [workers.run(lambda n=n: call(n)) for n in range(6)]
+        await asyncio.sleep(0.1)
+        assert len(running) == 2  # two threads, the other four calls wait
+        release.set()
+        return list(await asyncio.gather(*futures))
+
+    assert asyncio.run(run()) == list(range(6))
+
+
 def test_a_cancelled_wait_leaves_the_call_to_finish_quietly() -> None:
     workers = WorkerThreads(1, "test")
     release, finished = threading.Event(), threading.Event()

@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 from .. import metrics
 from ..accounts import Directory, User
 from ..config import ImapLimits
-from ..store import Mailbox
+from ..store import Folder, Mailbox
+from ..store.names import INBOX
 from ..throttle import LoginThrottle, Outcome, throttled_login
 from .base import WORKERS, Closed, Reply, State, bad, no, ok
 from .mailbox_commands import MailboxCommands
@@ -129,6 +130,14 @@ VALID_IN: dict[type[c.Command], frozenset[State]] = {
         _SELECTED,
     ),
 }
+
+
+def _quietly(future: asyncio.Future[Any]) -> None:
+    """A done-callback: an exception nobody asks for is not logged as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 # While these run, EXPUNGE must not be sent (RFC 3501 7.4.1): the client is matching numbers.
 NO_EXPUNGE = (c.Fetch, c.Store, c.Search, c.Sort, c.Thread)
 
@@ -195,6 +204,9 @@ class Session(MailboxCommands, MessageCommands):
         # The untagged updates of the command being run, when its handler got them in the same
         # worker-thread trip as its own store call (io_then_updates), or the error that made.
         self._updates: bytes | Exception | None = None
+        # INBOX, opened in a worker thread right after LOGIN's reply went out, for the SELECT
+        # INBOX that nearly every client sends next (see open_inbox_early).
+        self._inbox: asyncio.Future[Folder] | None = None
         self._octets = [0, 0]  # in, out: not added to metrics.IMAP_BYTES yet
         self._octets_due = 0.0  # time.monotonic() when they are added next
 
@@ -559,7 +571,38 @@ class Session(MailboxCommands, MessageCommands):
         self.state = State.AUTHENTICATED
         self.parser.literal_limit = self.append_limit
         log.info("login user=%s peer=%s mechanism=%s", user.address, self.peer, mechanism)
+        # Called back once this task waits for the client's next command, so after the reply
+        # below has been written: the client's round trip then hides the opening of INBOX.
+        asyncio.get_running_loop().call_soon(self.open_inbox_early)
         return ok("Logged in", r.code("CAPABILITY", *self.capabilities()))
+
+    def open_inbox_early(self) -> None:
+        """Start opening INBOX for the first SELECT INBOX, which takes it (take_inbox).
+
+        On a big INBOX that this process has not opened yet, the opening reads its index (about
+        a millisecond for 100,000 messages); otherwise it is a stat or two. A failure is left to
+        the SELECT, which then opens the folder itself and reports what it finds."""
+        mailbox = self.mailbox
+        if mailbox is None or self.state is not State.AUTHENTICATED or self._inbox is not None:
+            return
+
+        def open_inbox() -> Folder:
+            folder = mailbox.folder(INBOX)
+            folder.sync(list_first=False)
+            return folder
+
+        self._inbox = self.io(open_inbox)
+        self._inbox.add_done_callback(_quietly)
+
+    async def take_inbox(self) -> Folder | None:
+        """The Folder open_inbox_early opened, once (None if it did not or could not)."""
+        inbox, self._inbox = self._inbox, None
+        if inbox is None:
+            return None
+        try:
+            return await inbox
+        except Exception:
+            return None
 
     # ----------------------------------------------------------------- IDLE (RFC 2177)
 
