@@ -171,6 +171,30 @@ def test_the_first_unseen_of_a_folder_all_seen_is_none(big: Maildir) -> None:
     assert Folder(big.path).first_uid_without("\\Seen") is None
 
 
+def test_the_first_unseen_is_found_again_after_every_change(big: Maildir) -> None:
+    """It is remembered between SELECTs: a change here or by another Maildir tool is seen."""
+    folder = Folder(big.path)
+    folder.sync()
+    folder.store_flags([1, 2, 3], ["\\Seen"], Mode.ADD)
+    assert folder.first_uid_without("\\Seen") == 4
+    assert folder.first_uid_without("\\Seen") == 4  # remembered
+    assert folder.first_uid_without("\\Seen", skip=lambda uid: uid == 4) == 6  # 5 is \\Seen
+    folder.store_flags([4], ["\\Seen"], Mode.ADD)
+    assert folder.first_uid_without("\\Seen") == 6
+    folder.store_flags([1], ["\\Seen"], Mode.REMOVE)
+    assert folder.first_uid_without("\\Seen") == 1
+    # Another tool marks message 1 seen in its file name.
+    cur = big.path / "cur"
+    (name,) = [n for n in os.listdir(cur) if ",U=1," in n]
+    os.rename(cur / name, cur / (name + "S"))
+    time.sleep(0.01)
+    os.utime(cur)  # its mtime moves on even within the same tick of the file system's clock
+    folder.sync()
+    assert folder.first_uid_without("\\Seen") == 6
+    folder.store_flags(list(range(1, 13)), ["\\Seen"], Mode.ADD)
+    assert folder.first_uid_without("\\Seen") is None
+
+
 @pytest.mark.parametrize("column", ["fids", "modseqs"])
 def test_index_columns_that_do_not_read_back_come_from_cur(big: Maildir, column: str) -> None:
     Folder(big.path).sync()

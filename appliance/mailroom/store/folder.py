@@ -427,6 +427,9 @@ class _Listing:
         self._adopted_max = (0, 0)  # the highest UID and MODSEQ in it
         self._lazy: dict[str, SavedIndex] = {}  # columns still in the saved index (__getattr__)
         self._first_unseen = 0
+        # (version, UID) of the first message without \\Seen as last found: SELECT asks at every
+        # reselect, and the search runs through the flag ids (see first_uid_without).
+        self._unseen_found: tuple[int, int | None] | None = None
         self._listed: tuple[tuple[bytes | None, int, int], set[str]] | None = None  # see _refresh_locked
 
     # ----------------------------------------------------------------- columns
@@ -1436,15 +1439,26 @@ class Folder:
         with listing.mutex:
             if listing._snapshot is None:
                 listing._refresh()
-            hint = listing.first_unseen_hint() if flag == "\\Seen" else None
+            unseen = flag == "\\Seen"
+            hint = listing.first_unseen_hint() if unseen else None
+            if hint is None and unseen and listing._unseen_found is not None:
+                version, found = listing._unseen_found
+                hint = (0 if found is None else found) if version == listing.version else None
             if hint == 0:
                 return None
             if hint is not None and not skip(hint):
                 return hint
+            first: int | None = None
             for uid in listing.uids_with(SYSTEM_FLAGS[flag], present=False):
+                if first is None:
+                    first = uid
                 if not skip(uid):
-                    return uid
-        return None
+                    break
+            else:
+                uid = None
+            if unseen:
+                listing._unseen_found = (listing.version, first)
+            return uid
 
     def message(self, uid: int) -> MessageInfo:
         return self._listing.message(uid)
