@@ -430,7 +430,9 @@ class _Listing:
         # (version, UID) of the first message without \\Seen as last found: SELECT asks at every
         # reselect, and the search runs through the flag ids (see first_uid_without).
         self._unseen_found: tuple[int, int | None] | None = None
-        self._listed: tuple[tuple[bytes | None, int, int], set[str]] | None = None  # see _refresh_locked
+        # The listing of cur/ (and its names without UIDs) that a LOCK_SH pass of _refresh_locked
+        # leaves to the LOCK_EX pass after it: see there.
+        self._listed: tuple[tuple[bytes | None, int, int], set[str], list[str] | None] | None = None
 
     # ----------------------------------------------------------------- columns
 
@@ -445,14 +447,16 @@ class _Listing:
         if read is not None:
             self._took_adopted(*read)
 
-    def _took_adopted(self, adopted: Adopted, identity: tuple[int, int, int]) -> None:
-        """The uidlist as read or written, and the highest UID and MODSEQ in it."""
+    def _took_adopted(
+        self, adopted: Adopted, identity: tuple[int, int, int], highest: tuple[int, int] | None = None
+    ) -> None:
+        """The uidlist as read or written, and the highest UID and MODSEQ in it (`highest`, if
+        the caller knows them: not looked for among 100,000 entries again)."""
         self._adopted, self._adopted_id = adopted, identity
-        values = adopted.values()
-        self._adopted_max = (
-            max((u for u, _ in values), default=0),
-            max((m for _, m in values), default=0),
-        )
+        if highest is None:
+            values = adopted.values()
+            highest = (max((u for u, _ in values), default=0), max((m for _, m in values), default=0))
+        self._adopted_max = highest
 
     def __getattr__(self, name: str) -> array:
         # Only called for an attribute not set: a column of a listing opened from its index.
@@ -590,10 +594,11 @@ class _Listing:
         else:
             for uid in uids:
                 self._touch(uid)
-        fid = self._fid
+        for distinct in set(letters):  # a few combinations of flags among many messages
+            self._fid(distinct)
         self._own_uids().extend(uids)
         self._modseqs.extend(array("Q", modseqs))
-        self._fids.extend(array("I", [fid(ltr) for ltr in letters]))
+        self._fids.extend(array("I", map(self._fid_of.__getitem__, letters)))
         self._need_names().extend(names)
 
     def _delete_at(self, pos: int) -> None:
@@ -820,11 +825,12 @@ class _Listing:
         # changed in between (the state's bytes change with every change we make; see Cheap
         # re-check).
         listed_at = (raw_state, cur_stat.st_ino, cur_stat.st_mtime_ns)
-        if self._listed is not None and self._listed[0] == listed_at:
-            listed = self._listed[1]
+        cached = self._listed if self._listed is not None and self._listed[0] == listed_at else None
+        if cached is not None:
+            listed = cached[1]
         else:
             listed = {n for n in os.listdir(self._cur_path) if not n.startswith(".")}
-        self._listed = (listed_at, listed) if not exclusive else None
+        self._listed = (listed_at, listed, None) if not exclusive else None
 
         initial = not self._uids
         known = set(self._need_names())
@@ -836,8 +842,12 @@ class _Listing:
         if not self._adopted:
             # Other tools' names (no U= or M=) have no UID yet: no need to parse them here. At a
             # first open of an imported mailbox that is every name.
-            foreign = [n for n in fresh if ",U=" not in n and ",M=" not in n]
+            if cached is not None and cached[2] is not None:
+                foreign = cached[2]  # found by the LOCK_SH pass just before, on the same listing
+            else:
+                foreign = [n for n in fresh if ",U=" not in n and ",M=" not in n]
             if foreign and not exclusive:
+                self._listed = (listed_at, listed, foreign)
                 return False  # they need UIDs: the LOCK_EX pass does the rest (once)
             broken += foreign
             fresh.difference_update(foreign)
@@ -1014,7 +1024,9 @@ class _Listing:
         ):
             return False
         uids = range(uid, uid + len(names))
-        self._save_adopted({base: (u, modseq) for base, u in zip(bases, uids, strict=True)})
+        self._save_adopted(
+            {base: (u, modseq) for base, u in zip(bases, uids, strict=True)}, (uids[-1], modseq)
+        )
         letters = [info[2:] if info[:2] == "2," else "" for _, _, info in parts]
         if self._uids and self._uids[-1] >= uid:  # never so (UIDNEXT is above them): be safe
             self._put_new({u: (modseq, ltr, n) for u, ltr, n in zip(uids, letters, names, strict=True)})
@@ -1022,19 +1034,25 @@ class _Listing:
             self._append(uids, [modseq] * len(names), letters, names)
         return True
 
-    def _save_adopted(self, new: Adopted) -> None:
+    def _save_adopted(self, new: Adopted, new_highest: tuple[int, int] | None = None) -> None:
         """Write the uidlist with new entries, without those of messages that left it (LOCK_EX).
 
         An entry stays while its UID is listed under a name without U=: messages expunged, or
-        renamed with a U= by a flag change, drop out here."""
+        renamed with a U= by a flag change, drop out here. new_highest: the highest UID and
+        MODSEQ among the new entries, if the caller knows them."""
         names = self._need_names()
         kept: Adopted = {}
+        top_uid = top_modseq = 0
         for base, (uid, modseq) in self._adopted.items():
             pos = self._pos(uid)
             if pos is not None and ",U=" not in names[pos]:
                 kept[base] = (uid, modseq)
+                top_uid, top_modseq = max(top_uid, uid), max(top_modseq, modseq)
         kept.update(new)
-        self._took_adopted(kept, write_uidlist(self.path, kept))
+        highest = None
+        if new_highest is not None:
+            highest = (max(top_uid, new_highest[0]), max(top_modseq, new_highest[1]))
+        self._took_adopted(kept, write_uidlist(self.path, kept), highest)
 
     def _rebuilt_state(self, max_uid: int, max_modseq: int) -> _State:
         uidvalidity = None
