@@ -191,3 +191,31 @@ def test_two_names_with_one_base_get_two_uids(tmp_path: Path) -> None:
     names = cur(box.path)
     assert "1790000000.M1P1Q1.import:2," in names  # adopted in place
     assert "1790000000.M1P1Q1.import,U=2,M=2:2,S" in names  # renamed: its base is taken
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        FOREIGN,  # the usual form: taken in bulk
+        [*FOREIGN, "1790000099.M9P1Q9.import"],  # no info at all
+        [*FOREIGN, "1790000098.M8P1Q8.import:1,experimental"],  # another info version
+        [*FOREIGN[:2], "a:2,S:2,T", "b"],  # as many ':2,' as names, but not one each
+        ["x:2,", "y:2,FS", "z:2,:"],
+    ],
+)
+def test_bases_and_letters_are_what_partition_gives(names: list[str]) -> None:
+    parts = [name.partition(":") for name in names]
+    expected = ([b for b, _, _ in parts], [i[2:] if i[:2] == "2," else "" for _, _, i in parts])
+    assert folder_module._bases_and_letters(names) == expected
+
+
+def test_names_without_uids_and_dot_files(tmp_path: Path) -> None:
+    ours = "1790000000.M1P1Q1.host,S=5,U=7,M=3:2,S"
+    assert sorted(folder_module._without_uids({*FOREIGN, ours})) == sorted(FOREIGN)
+    assert sorted(folder_module._without_uids(set(FOREIGN))) == sorted(FOREIGN)
+    for name in [*FOREIGN, ".nfs0001", ".hidden:2,S"]:
+        (tmp_path / name).write_bytes(b"")
+    assert folder_module._listed(str(tmp_path)) == set(FOREIGN)
+    (tmp_path / ".nfs0001").unlink()
+    (tmp_path / ".hidden:2,S").unlink()
+    assert folder_module._listed(str(tmp_path)) == set(FOREIGN)
