@@ -23,8 +23,15 @@ def _printable(ch: str) -> bool:
     return 0x20 <= ord(ch) <= 0x7E
 
 
+def _plain(text: str) -> bool:
+    """Printable ASCII without '&': its own modified UTF-7 form (INBOX, most names)."""
+    return text.isascii() and text.isprintable() and "&" not in text
+
+
 def encode(name: str) -> str:
     """Unicode → modified UTF-7. Raises InvalidFolderName for lone surrogates."""
+    if _plain(name):
+        return name
     out: list[str] = []
     pending: list[str] = []
 
@@ -51,6 +58,8 @@ def encode(name: str) -> str:
 
 def decode(encoded: str) -> str:
     """Modified UTF-7 → Unicode, strictly: only the one canonical encoding of a name is accepted."""
+    if _plain(encoded):
+        return encoded
     out: list[str] = []
     i = 0
     after_shift = False
@@ -99,9 +108,11 @@ def normalize(name: str) -> str:
     """
     if not isinstance(name, str) or not name:
         raise InvalidFolderName("empty folder name")
-    for ch in name:
-        if ch == "/" or ch in "%*" or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0:
-            raise InvalidFolderName(f"character {ch!r} is not allowed in folder name {name!r}")
+    # Printable ASCII needs no look at each character for controls (INBOX, most names).
+    if not (name.isascii() and name.isprintable()) or "/" in name or "%" in name or "*" in name:
+        for ch in name:
+            if ch == "/" or ch in "%*" or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0:
+                raise InvalidFolderName(f"character {ch!r} is not allowed in folder name {name!r}")
     levels = name.split(SEPARATOR)
     if any(not level for level in levels):
         raise InvalidFolderName(f"empty hierarchy level in folder name {name!r}")
