@@ -75,7 +75,14 @@ class WorkerThreads:
                 return future
             self._threads += 1
             number = self._threads
-        threading.Thread(target=self._work, args=(job,), name=f"{self.name}-{number}", daemon=True).start()
+        try:
+            threading.Thread(
+                target=self._work, args=(job,), name=f"{self.name}-{number}", daemon=True
+            ).start()
+        except RuntimeError as exc:  # no thread to be had: this call fails rather than waits forever
+            with self._lock:
+                self._threads -= 1
+            future.set_exception(exc)
         return future
 
     def _work(self, job: _Job | None) -> None:

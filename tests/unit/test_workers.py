@@ -68,6 +68,23 @@ def test_calls_beyond_the_size_wait_their_turn() -> None:
     assert asyncio.run(run()) == list(range(6))
 
 
+def test_a_call_fails_when_no_thread_can_be_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    workers = WorkerThreads(1, "test")
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def run() -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(threading.Thread, "start", refuse)
+            with pytest.raises(RuntimeError, match="start new thread"):
+                await workers.run(lambda: 1)
+        # The pool does not count the thread it failed to start: the next call gets one.
+        assert await asyncio.wait_for(workers.run(lambda: 2), 5) == 2
+
+    asyncio.run(run())
+
+
 def test_a_cancelled_wait_leaves_the_call_to_finish_quietly() -> None:
     workers = WorkerThreads(1, "test")
     release, finished = threading.Event(), threading.Event()
