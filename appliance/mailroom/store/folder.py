@@ -325,7 +325,7 @@ def _without_uids(names: Collection[str]) -> list[str]:
 
 
 def _listed(path: str) -> set[str]:
-    """The names in a cur/ or new/ directory, without dot files (rare: one look at them joined)."""
+    """The names in cur/, without dot files (rare: one look at them all joined tells)."""
     names = os.listdir(path)
     if "\n." in "\n" + "\n".join(names):
         return {n for n in names if not n.startswith(".")}
