@@ -87,28 +87,33 @@ class WorkerThreads:
 
     def _work(self, job: _Job | None) -> None:
         me = _Idle()
-        while True:
-            assert job is not None
-            self._one(*job)
+        while job is not None:
+            loop, settle = self._one(*job)
             job = None  # its references (the call, its result) go now, not at the next job
             with self._lock:
                 if self._backlog:
                     job = self._backlog.popleft()
-                    continue
-                self._idle.append(me)
-            me.wake.acquire()
-            job, me.job = me.job, None
+                else:
+                    self._idle.append(me)
+            # Settled only now that this thread is ready for more: the loop, woken by it, finds
+            # it at the top of the idle stack for its next call instead of waking another.
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle)
+            del loop, settle
+            if job is None:
+                me.wake.acquire()
+                job, me.job = me.job, None
 
     @staticmethod
-    def _one(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], fn: Callable[[], Any]) -> None:
+    def _one(
+        loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], fn: Callable[[], Any]
+    ) -> tuple[asyncio.AbstractEventLoop, Callable[[], None]]:
+        """fn(), and what settles its future with the result (or the exception it raised)."""
         try:
             result = fn()
         except BaseException as exc:  # the awaiting coroutine gets it, as from run_in_executor
-            settle = functools.partial(_fail, future, exc)
-        else:
-            settle = functools.partial(_succeed, future, result)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(settle)
+            return loop, functools.partial(_fail, future, exc)
+        return loop, functools.partial(_succeed, future, result)
 
 
 def _succeed(future: asyncio.Future[Any], result: Any) -> None:

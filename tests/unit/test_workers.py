@@ -42,7 +42,8 @@ def test_one_call_at_a_time_goes_to_the_thread_that_went_idle_last() -> None:
     async def run() -> set[int]:
         # Three calls at once start all three threads.
         await asyncio.gather(*(workers.run(lambda: started.wait(5)) for _ in range(3)))
-        # Then, one at a time, every call is for the same thread: the others stay asleep.
+        # Then, one at a time, every call is for the same thread: the others stay asleep. (A
+        # thread is back among the idle before it settles its call, so the next call finds it.)
         return {await workers.run(threading.get_ident) for _ in range(20)}
 
     assert len(asyncio.run(run())) == 1
