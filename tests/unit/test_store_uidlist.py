@@ -13,7 +13,7 @@ from mailroom.store import Folder, Maildir, Mode
 from mailroom.store import folder as folder_module
 from mailroom.store.folder import STATE_FILE
 from mailroom.store.index import INDEX_FILE
-from mailroom.store.uidlist import UIDLIST_FILE, read_uidlist
+from mailroom.store.uidlist import UIDLIST_FILE, AdoptedRun, read_uidlist, write_uidlist
 
 FOREIGN = [f"17900000{i:02d}.M{i}P1Q{i}.import,S=5:2,{'S' if i % 2 else ''}" for i in range(6)]
 
@@ -215,7 +215,25 @@ def test_names_without_uids_and_dot_files(tmp_path: Path) -> None:
     assert sorted(folder_module._without_uids(set(FOREIGN))) == sorted(FOREIGN)
     for name in [*FOREIGN, ".nfs0001", ".hidden:2,S"]:
         (tmp_path / name).write_bytes(b"")
-    assert folder_module._listed(str(tmp_path)) == set(FOREIGN)
+    assert sorted(folder_module._listed(str(tmp_path))) == sorted(FOREIGN)
     (tmp_path / ".nfs0001").unlink()
     (tmp_path / ".hidden:2,S").unlink()
-    assert folder_module._listed(str(tmp_path)) == set(FOREIGN)
+    assert sorted(folder_module._listed(str(tmp_path))) == sorted(FOREIGN)
+
+
+def test_an_adopted_run_is_the_mapping_it_stands_for(tmp_path: Path) -> None:
+    bases = [name.split(":")[0] for name in FOREIGN]
+    run = AdoptedRun(bases, 7, 3)
+    entries = {base: (7 + n, 3) for n, base in enumerate(bases)}
+    assert dict(run) == entries and len(run) == 6 and run.highest == (12, 3)
+    assert bases[2] in run and "1790000000.M9P9Q9.other" not in run
+    assert run.get(bases[5]) == (12, 3) and run.get("nothing") is None
+    assert not run.keys().isdisjoint([bases[4]]) and run.keys().isdisjoint(["nothing"])
+    # Written from the run's columns, the list reads back as the same entries, line for line
+    # what the entries written one by one give.
+    for name, adopted in (("run", run), ("dict", entries)):
+        (tmp_path / name).mkdir()
+        write_uidlist(tmp_path / name, adopted)
+    assert (tmp_path / "run" / UIDLIST_FILE).read_bytes() == (tmp_path / "dict" / UIDLIST_FILE).read_bytes()
+    read = read_uidlist(tmp_path / "run", None)
+    assert read is not None and read[0] == entries

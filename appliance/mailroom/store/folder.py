@@ -103,8 +103,8 @@ from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from itertools import repeat
-from operator import itemgetter
+from itertools import islice, repeat
+from operator import eq, itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
@@ -114,7 +114,7 @@ from .highwater import Mark, read_highwater, write_highwater
 from .index import INDEX_FILE, PREFETCH_BYTES, Columns, SavedIndex, read_index, write_index
 from .maildir import unique_name, wire_size
 from .statefile import STATE_FILE, write_state_file
-from .uidlist import Adopted, can_adopt, read_uidlist, write_uidlist
+from .uidlist import Adopted, AdoptedRun, can_adopt, read_uidlist, write_uidlist
 
 UIDVALIDITY_FILE = "mailroom-uidvalidity"
 KEYWORDS_FILE = "mailroom-keywords"
@@ -324,12 +324,12 @@ def _without_uids(names: Collection[str]) -> list[str]:
     return [n for n in names if ",U=" not in n and ",M=" not in n]
 
 
-def _listed(path: str) -> set[str]:
+def _listed(path: str) -> list[str]:
     """The names in cur/, without dot files (rare: one look at them all joined tells)."""
     names = os.listdir(path)
     if "\n." in "\n" + "\n".join(names):
-        return {n for n in names if not n.startswith(".")}
-    return set(names)
+        return [n for n in names if not n.startswith(".")]
+    return names
 
 
 def _cur_name(base: str, uid: int, modseq: int, letters: str) -> str:
@@ -469,7 +469,7 @@ class _Listing:
         self._unseen_found: tuple[int, int | None] | None = None
         # The listing of cur/ (and its names without UIDs) that a LOCK_SH pass of _refresh_locked
         # leaves to the LOCK_EX pass after it: see there.
-        self._listed: tuple[tuple[bytes | None, int, int], set[str], list[str] | None] | None = None
+        self._listed: tuple[tuple[bytes | None, int, int], list[str], list[str] | None] | None = None
 
     # ----------------------------------------------------------------- columns
 
@@ -488,7 +488,7 @@ class _Listing:
         self, adopted: Adopted, identity: tuple[int, int, int], highest: tuple[int, int] | None = None
     ) -> None:
         """The uidlist as read or written, and the highest UID and MODSEQ in it (`highest`, if
-        the caller knows them: not looked for among 100,000 entries again)."""
+        the caller knows them: not looked for among 100,000 entries)."""
         self._adopted, self._adopted_id = adopted, identity
         if highest is None:
             values = adopted.values()
@@ -867,12 +867,14 @@ class _Listing:
         self._listed = (listed_at, listed, None) if not exclusive else None
 
         initial = not self._uids
-        known = set(self._need_names())
-        for name in known - listed:
-            self._forget_name(name)
+        fresh: Collection[str] = listed  # the names not in the listing yet: at first, all of them
+        if not initial:
+            known, listing = set(self._need_names()), set(listed)
+            for name in known - listing:
+                self._forget_name(name)
+            fresh = listing - known
         broken: list[str] = []  # cur/ names without a usable UID
         added: dict[int, tuple[int, str, str]] = {}  # uid: (modseq, letters, name), UIDs not listed yet
-        fresh = listed - known
         if not self._adopted:
             # Other tools' names (no U= or M=) have no UID yet: no need to parse them here. At a
             # first open of an imported mailbox that is every name.
@@ -882,7 +884,7 @@ class _Listing:
                 self._listed = (listed_at, listed, foreign)
                 return False  # they need UIDs: the LOCK_EX pass does the rest (once)
             broken += foreign
-            fresh.difference_update(foreign)
+            fresh = () if len(foreign) == len(fresh) else set(fresh).difference(foreign)
         for name in fresh:
             parsed = _Parsed(name)
             found = self._uid_of(parsed)
@@ -1003,7 +1005,7 @@ class _Listing:
             uid += len(broken)
             self._write_state(_State(state.uidvalidity, uid, modseq), durable=False)
             return
-        adopted_bases: Adopted = {}
+        adopted_bases: dict[str, tuple[int, int]] = {}
         adopted: dict[int, tuple[int, str, str]] = {}
         renamed_in_cur = moved_from_new = False
         todo = [("cur", n) for n in broken]
@@ -1050,39 +1052,38 @@ class _Listing:
             or "\r" in joined
             or joined.count("\n") != len(bases) - 1
             or "" in bases
-            or len(set(bases)) != len(bases)
+            # Two names with one base sort next to each other (everything between them begins
+            # with that base and its ':').
+            or any(map(eq, bases, islice(bases, 1, None)))
             or (self._adopted and not self._adopted.keys().isdisjoint(bases))
         ):
             return False
         uids = range(uid, uid + len(names))
-        self._save_adopted(
-            {base: (u, modseq) for base, u in zip(bases, uids, strict=True)}, (uids[-1], modseq)
-        )
+        self._save_adopted(AdoptedRun(bases, uid, modseq))
         if self._uids and self._uids[-1] >= uid:  # never so (UIDNEXT is above them): be safe
             self._put_new({u: (modseq, ltr, n) for u, ltr, n in zip(uids, letters, names, strict=True)})
         else:
             self._append(uids, [modseq] * len(names), letters, names)
         return True
 
-    def _save_adopted(self, new: Adopted, new_highest: tuple[int, int] | None = None) -> None:
+    def _save_adopted(self, new: Adopted) -> None:
         """Write the uidlist with new entries, without those of messages that left it (LOCK_EX).
 
         An entry stays while its UID is listed under a name without U=: messages expunged, or
-        renamed with a U= by a flag change, drop out here. new_highest: the highest UID and
-        MODSEQ among the new entries, if the caller knows them."""
+        renamed with a U= by a flag change, drop out here."""
         names = self._need_names()
-        kept: Adopted = {}
+        kept: dict[str, tuple[int, int]] = {}
         top_uid = top_modseq = 0
         for base, (uid, modseq) in self._adopted.items():
             pos = self._pos(uid)
             if pos is not None and ",U=" not in names[pos]:
                 kept[base] = (uid, modseq)
                 top_uid, top_modseq = max(top_uid, uid), max(top_modseq, modseq)
+        if not kept and isinstance(new, AdoptedRun):  # a first open: the run is the whole list
+            self._took_adopted(new, write_uidlist(self.path, new), new.highest)
+            return
         kept.update(new)
-        highest = None
-        if new_highest is not None:
-            highest = (max(top_uid, new_highest[0]), max(top_modseq, new_highest[1]))
-        self._took_adopted(kept, write_uidlist(self.path, kept), highest)
+        self._took_adopted(kept, write_uidlist(self.path, kept))
 
     def _rebuilt_state(self, max_uid: int, max_modseq: int) -> _State:
         uidvalidity = None

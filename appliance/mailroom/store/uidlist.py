@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Mapping
+from itertools import count, repeat
 from pathlib import Path
 
 from ..fsutil import replace_synced
@@ -31,7 +33,49 @@ from ..fsutil import replace_synced
 UIDLIST_FILE = "mailroom-uidlist"
 _MAGIC = b"mailroom-uidlist 1\n"
 
-Adopted = dict[str, tuple[int, int]]  # base: (uid, modseq)
+Adopted = Mapping[str, tuple[int, int]]  # base: (uid, modseq)
+
+
+class AdoptedRun(Mapping[str, tuple[int, int]]):
+    """Bases adopted as UIDs first, first+1, ... with one MODSEQ: a whole imported folder at
+    its first open. Kept as the list of bases; the lookup by base is built when first asked
+    for, which a first open never does (a dict of 100,000 entries of (uid, modseq) costs more
+    than anything else in it)."""
+
+    def __init__(self, bases: list[str], first: int, modseq: int) -> None:
+        self.bases, self.first, self.modseq = bases, first, modseq
+        self._index: dict[str, int] | None = None
+
+    def _lookup(self) -> dict[str, int]:
+        if self._index is None:
+            self._index = dict(zip(self.bases, count(self.first)))
+        return self._index
+
+    def __getitem__(self, base: str) -> tuple[int, int]:
+        return self._lookup()[base], self.modseq
+
+    def __contains__(self, base: object) -> bool:
+        return base in self._lookup()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.bases)
+
+    def __len__(self) -> int:
+        return len(self.bases)
+
+    @property
+    def highest(self) -> tuple[int, int]:
+        return self.first + len(self.bases) - 1, self.modseq
+
+    def lines(self) -> str:
+        """Its entries as uidlist lines, put together a column at a time."""
+        n = len(self.bases)
+        parts: list[str] = [""] * (4 * n)
+        parts[0::4] = map(str, range(self.first, self.first + n))
+        parts[1::4] = repeat(f" {self.modseq} ", n)
+        parts[2::4] = self.bases
+        parts[3::4] = repeat("\n", n)
+        return "".join(parts)
 
 
 def can_adopt(base: str) -> bool:
@@ -59,7 +103,7 @@ def read_uidlist(folder: Path, known: Identity | None) -> tuple[Adopted, Identit
         if identity == known:
             return None
         data = file.read()
-    adopted: Adopted = {}
+    adopted: dict[str, tuple[int, int]] = {}
     if not data.startswith(_MAGIC):
         return adopted, identity
     for line in data[len(_MAGIC) :].decode("utf-8", "surrogateescape").split("\n"):
@@ -72,7 +116,10 @@ def read_uidlist(folder: Path, known: Identity | None) -> tuple[Adopted, Identit
 
 def write_uidlist(folder: Path, adopted: Adopted) -> Identity:
     """Replace the folder's list durably (the folder lock held); return its identity."""
-    text = "".join([f"{uid} {modseq} {base}\n" for base, (uid, modseq) in adopted.items()])
+    if isinstance(adopted, AdoptedRun):
+        text = adopted.lines()
+    else:
+        text = "".join([f"{uid} {modseq} {base}\n" for base, (uid, modseq) in adopted.items()])
     path = folder / UIDLIST_FILE
     replace_synced(path, _MAGIC + text.encode("utf-8", "surrogateescape"))
     st = os.stat(path)
