@@ -109,6 +109,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..fsutil import fsync_dir, read_ahead, read_small, replace_synced, write_synced
+from . import dirlisting
 from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
 from .highwater import Mark, read_highwater, write_highwater
 from .index import INDEX_FILE, PREFETCH_BYTES, Columns, SavedIndex, read_index, write_index
@@ -324,9 +325,11 @@ def _without_uids(names: Collection[str]) -> list[str]:
     return [n for n in names if ",U=" not in n and ",M=" not in n]
 
 
-def _listed(path: str) -> list[str]:
-    """The names in cur/, without dot files (rare: one look at them all joined tells)."""
-    names = os.listdir(path)
+def _listed(path: str, cold_size: int = 0) -> list[str]:
+    """The names in cur/, without dot files (rare: one look at them all joined tells).
+
+    cold_size: the size of cur/ if it may be out of the page cache (see dirlisting.py)."""
+    names = dirlisting.listdir(path, cold_size)
     if "\n." in "\n" + "\n".join(names):
         return [n for n in names if not n.startswith(".")]
     return names
@@ -863,7 +866,10 @@ class _Listing:
         # re-check).
         listed_at = (raw_state, cur_stat.st_ino, cur_stat.st_mtime_ns)
         cached = self._listed if self._listed is not None and self._listed[0] == listed_at else None
-        listed = cached[1] if cached is not None else _listed(self._cur_path)
+        if cached is not None:
+            listed = cached[1]
+        else:  # this process's first listing of the folder: it may well be out of the page cache
+            listed = _listed(self._cur_path, cur_stat.st_size if self._snapshot is None else 0)
         self._listed = (listed_at, listed, None) if not exclusive else None
 
         initial = not self._uids
