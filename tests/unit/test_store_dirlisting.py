@@ -58,6 +58,8 @@ def test_the_listing_with_helpers_is_os_listdirs(big: Path, monkeypatch: pytest.
     monkeypatch.setattr(dirlisting, "read_ahead_dir", read_ahead_dir)
     assert sorted(dirlisting.listdir(str(big), dirlisting.BIG_DIRECTORY)) == sorted(os.listdir(big))
     assert len(started) == dirlisting.READERS - 1
+    for thread in started:  # not left running into the next test, which counts open files
+        thread.join(timeout=10)
     started.clear()
     dirlisting.listdir(str(big), dirlisting.BIG_DIRECTORY - 1)  # a small directory: no helpers
     assert started == []
