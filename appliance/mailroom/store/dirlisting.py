@@ -48,9 +48,8 @@ def _libc_getdents64() -> Any:
 _getdents64 = _libc_getdents64()
 
 
-def _read_blocks(path: str, start: int, end: int) -> None:
+def _read_blocks(getdents64: Any, path: str, start: int, end: int) -> None:
     """Read the directory entries from position start until past end, for the page cache."""
-    assert _getdents64 is not None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
@@ -58,7 +57,7 @@ def _read_blocks(path: str, start: int, end: int) -> None:
     try:
         os.lseek(fd, start, os.SEEK_SET)
         buffer = ctypes.create_string_buffer(_BUFFER)
-        while _getdents64(fd, buffer, _BUFFER) > 0 and os.lseek(fd, 0, os.SEEK_CUR) < end:
+        while getdents64(fd, buffer, _BUFFER) > 0 and os.lseek(fd, 0, os.SEEK_CUR) < end:
             pass
     except OSError as exc:  # a filesystem that does not seek in directories: nothing read ahead
         log.debug("no parallel read of %s: %s", path, exc)
@@ -69,14 +68,18 @@ def _read_blocks(path: str, start: int, end: int) -> None:
 def read_ahead_dir(path: str, readers: int = READERS) -> list[threading.Thread]:
     """Start threads that read the directory's blocks from readers - 1 positions after its
     start; the caller lists it from the start. Returns the threads (they end by themselves)."""
-    if _getdents64 is None or readers < 2:
+    getdents64 = _getdents64
+    if getdents64 is None or readers < 2:
         return []
     step = _POSITIONS // readers
     threads = []
     for segment in range(1, readers):
         end = _POSITIONS if segment == readers - 1 else (segment + 1) * step
         thread = threading.Thread(
-            target=_read_blocks, args=(path, segment * step, end), name="dir-read-ahead", daemon=True
+            target=_read_blocks,
+            args=(getdents64, path, segment * step, end),
+            name="dir-read-ahead",
+            daemon=True,
         )
         try:
             thread.start()
