@@ -1079,12 +1079,10 @@ class _Listing:
         renamed with a U= by a flag change, drop out here."""
         names = self._need_names()
         kept: dict[str, tuple[int, int]] = {}
-        top_uid = top_modseq = 0
         for base, (uid, modseq) in self._adopted.items():
             pos = self._pos(uid)
             if pos is not None and ",U=" not in names[pos]:
                 kept[base] = (uid, modseq)
-                top_uid, top_modseq = max(top_uid, uid), max(top_modseq, modseq)
         if not kept and isinstance(new, AdoptedRun):  # a first open: the run is the whole list
             self._took_adopted(new, write_uidlist(self.path, new), new.highest)
             return
