@@ -5,6 +5,7 @@ FETCH): each is reported once, before the tagged reply, in the order RFC 3501 7.
 from __future__ import annotations
 
 import re
+import time
 
 from tests.integration.test_imap import ALICE, Imapd, imapd, message
 from tests.integration.test_imap_conformance import Conn, fill
@@ -191,3 +192,26 @@ def test_flags_come_before_a_store_fetch_that_names_a_new_keyword(imapd: Imapd) 
     assert _lines(conn.ok("STORE 1 +FLAGS (\\Seen)")) == [b"* 1 FETCH (FLAGS (Project \\Seen))"]
     conn.close()
     other.close()
+
+
+def test_mail_delivered_after_login_is_in_the_first_select(imapd: Imapd) -> None:
+    """INBOX is opened right after LOGIN, for the SELECT that follows: that SELECT still reports
+    the folder as it is when it runs, not as the opening found it."""
+    fill(imapd, 2)
+    conn = Conn(imapd)
+    time.sleep(0.3)  # the opening after LOGIN is long done
+    imapd.deliver(ALICE, message("after login"))
+    untagged = conn.ok("SELECT INBOX")
+    assert b"* 3 EXISTS" in untagged and b"[UIDNEXT 4]" in untagged, untagged
+    assert conn.ok("NOOP") == b""  # nothing reported twice
+    conn.close()
+
+
+def test_a_first_select_of_another_folder_leaves_inbox_to_a_later_one(imapd: Imapd) -> None:
+    fill(imapd, 1)
+    conn = Conn(imapd)
+    assert b"* 0 EXISTS" in conn.ok("SELECT Drafts")
+    imapd.deliver(ALICE, message("while in Drafts"))
+    untagged = conn.ok("EXAMINE INBOX")
+    assert b"* 2 EXISTS" in untagged and b"[UIDNEXT 3]" in untagged, untagged
+    conn.close()
