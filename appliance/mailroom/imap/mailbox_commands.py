@@ -335,8 +335,9 @@ class MailboxCommands:
             self.condstore = True
         mailbox = self._mailbox()
         again = previous.folder if previous is not None and previous.name == command.mailbox else None
-        inbox = await self.take_inbox()  # the first SELECT or EXAMINE ends the early opening
-        if again is None and inbox is not None and command.mailbox.upper() == INBOX:
+        # The first SELECT or EXAMINE ends the early opening; only one of INBOX waits for it.
+        inbox = await self.take_inbox(wanted=command.mailbox.upper() == INBOX)
+        if again is None and inbox is not None:
             again = inbox
 
         def open_folder() -> tuple[Selected, int | None, tuple[int, int, int], bytes]:

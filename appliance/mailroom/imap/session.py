@@ -594,10 +594,11 @@ class Session(MailboxCommands, MessageCommands):
         self._inbox = self.io(open_inbox)
         self._inbox.add_done_callback(_quietly)
 
-    async def take_inbox(self) -> Folder | None:
-        """The Folder open_inbox_early opened, once (None if it did not or could not)."""
+    async def take_inbox(self, *, wanted: bool = True) -> Folder | None:
+        """The Folder open_inbox_early opened, once (None if it did not or could not).
+        Not wanted: it is dropped without waiting for the opening to end."""
         inbox, self._inbox = self._inbox, None
-        if inbox is None:
+        if inbox is None or not wanted:
             return None
         try:
             return await inbox
