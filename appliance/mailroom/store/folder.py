@@ -487,16 +487,15 @@ class _Listing:
         if read is not None:
             self._took_adopted(*read)
 
-    def _took_adopted(
-        self, adopted: Adopted, identity: tuple[int, int, int], highest: tuple[int, int] | None = None
-    ) -> None:
-        """The uidlist as read or written, and the highest UID and MODSEQ in it (`highest`, if
-        the caller knows them: not looked for among 100,000 entries)."""
+    def _took_adopted(self, adopted: Adopted, identity: tuple[int, int, int]) -> None:
+        """The uidlist as read or written, and the highest UID and MODSEQ in it (a run knows
+        its own: not looked for among 100,000 entries)."""
         self._adopted, self._adopted_id = adopted, identity
-        if highest is None:
-            values = adopted.values()
-            highest = (max((u for u, _ in values), default=0), max((m for _, m in values), default=0))
-        self._adopted_max = highest
+        if isinstance(adopted, AdoptedRun):
+            self._adopted_max = adopted.highest
+            return
+        values = adopted.values()
+        self._adopted_max = (max((u for u, _ in values), default=0), max((m for _, m in values), default=0))
 
     def __getattr__(self, name: str) -> array:
         # Only called for an attribute not set: a column of a listing opened from its index.
@@ -1084,7 +1083,7 @@ class _Listing:
             if pos is not None and ",U=" not in names[pos]:
                 kept[base] = (uid, modseq)
         if not kept and isinstance(new, AdoptedRun):  # a first open: the run is the whole list
-            self._took_adopted(new, write_uidlist(self.path, new), new.highest)
+            self._took_adopted(new, write_uidlist(self.path, new))
             return
         kept.update(new)
         self._took_adopted(kept, write_uidlist(self.path, kept))
