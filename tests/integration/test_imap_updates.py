@@ -4,6 +4,7 @@ FETCH): each is reported once, before the tagged reply, in the order RFC 3501 7.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -215,3 +216,33 @@ def test_a_first_select_of_another_folder_leaves_inbox_to_a_later_one(imapd: Ima
     untagged = conn.ok("EXAMINE INBOX")
     assert b"* 2 EXISTS" in untagged and b"[UIDNEXT 3]" in untagged, untagged
     conn.close()
+
+
+def test_commands_answered_on_the_event_loop_still_report_every_change(imapd: Imapd) -> None:
+    """Once new/ is empty and long unchanged, a NOOP or a reselect with nothing to report is
+    answered without a worker thread (Folder.quiet): each kind of change must still show."""
+    fill(imapd, 3)
+    conn, other = Conn(imapd), Conn(imapd)
+    conn.ok("SELECT INBOX")
+    other.ok("SELECT INBOX")
+    os.utime(imapd.maildir(ALICE) / "new", (1_600_000_000, 1_600_000_000))
+    for _ in range(2):  # the first finds new/ long unchanged; the second trusts that
+        assert conn.ok("NOOP") == b""
+        assert other.ok("NOOP") == b""
+    other.ok("STORE 2 +FLAGS (\\Flagged)")
+    assert _lines(conn.ok("NOOP")) == [b"* 2 FETCH (FLAGS (\\Flagged))"]
+    other.ok("STORE 1 +FLAGS (\\Seen)")
+    assert _lines(conn.ok("NOOP")) == [b"* 1 FETCH (FLAGS (\\Seen))"]
+    for _ in range(3):  # the first looks for the first unseen message; the others know it
+        untagged = conn.ok("SELECT INBOX")
+        assert b"* 3 EXISTS" in untagged and b"[UNSEEN 2]" in untagged, untagged
+        assert b"FETCH" not in untagged, untagged
+    other.ok("STORE 2 +FLAGS (\\Seen)")
+    untagged = conn.ok("SELECT INBOX")
+    assert b"[UNSEEN 3]" in untagged and b"[UIDNEXT 4]" in untagged, untagged
+    imapd.deliver(ALICE, message("late"))
+    assert _lines(conn.ok("NOOP")) == [b"* 4 EXISTS"]
+    assert b"* 4 EXISTS" in conn.ok("SELECT INBOX")
+    assert conn.ok("NOOP") == b""
+    conn.close()
+    other.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from array import array
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from mailroom.imap.protocol import SequenceSet
 from mailroom.imap.selected import Selected
-from mailroom.store import Folder, Maildir
+from mailroom.store import Folder, Maildir, Mode
 
 
 @pytest.fixture
@@ -116,3 +117,40 @@ def test_sessions_share_the_uid_array_until_one_changes_it(maildir: Maildir) -> 
     assert second.updates(expunge=False, condstore=False, qresync=False) == b"* 5 EXISTS\r\n"
     assert second.uids.tolist() == [1, 2, 3, 4, 5]
     assert first.uids.tolist() == [3, 4, 5]
+
+
+def test_a_quiet_reselect_is_what_opening_the_folder_gives(maildir: Maildir) -> None:
+    """Selected.reopened_quietly (on the event loop) against open() (in a worker thread)."""
+    selected = opened(maildir, 6)
+    folder = selected.folder
+    folder.store_flags([1, 2, 4], ["\\Seen"], Mode.ADD)
+    folder.store_flags([3], ["$Forwarded"], Mode.ADD)
+    assert Selected.reopened_quietly(folder, "INBOX", readonly=False) is None  # own changes unseen
+    selected.updates(expunge=True, condstore=False, qresync=False)
+    assert Selected.reopened_quietly(folder, "INBOX", readonly=False) is None  # new/ just changed
+    os.utime(maildir.path / "new", (1_600_000_000, 1_600_000_000))
+    selected.updates(expunge=True, condstore=False, qresync=False)
+    # The first unseen message is not known without a look at the flags yet: ask open().
+    assert Selected.reopened_quietly(folder, "INBOX", readonly=False) is None
+
+    for readonly in (False, True):
+        opening = Selected(folder, "INBOX", readonly=readonly)
+        opening.open()
+        expected = (opening.uids, opening.keywords, opening.first_unseen(), folder.state_as_synced())
+        quick = Selected.reopened_quietly(folder, "INBOX", readonly=readonly)
+        assert quick is not None
+        again, first_unseen, state = quick
+        assert (
+            (again.uids, again.keywords, first_unseen, state)
+            == expected
+            == (
+                array("I", range(1, 7)),
+                ["$Forwarded"],
+                3,
+                expected[3],
+            )
+        )
+        assert again.readonly is readonly and again.flags_announcement() == opening.flags_announcement()
+
+    maildir.deliver(b"Subject: late\n\nbody\n")
+    assert Selected.reopened_quietly(folder, "INBOX", readonly=False) is None

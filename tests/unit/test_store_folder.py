@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -567,3 +568,75 @@ def test_state_as_synced_is_what_the_last_sync_saw(maildir: Maildir) -> None:
     deliver(maildir, 1, "late")
     assert folder.state_as_synced() == (uidvalidity, 4, highest)
     assert folder.state()[1] == 5
+
+
+def settled(box: Maildir, folder: Folder) -> None:
+    """Sync with new/ empty and long unchanged, as it is between deliveries on a real server
+    (quiet() trusts new/'s mtime only then: see _Listing._probe)."""
+    folder.sync()  # moves what is in new/, which changes its mtime
+    os.utime(box.path / "new", (1_600_000_000, 1_600_000_000))
+    folder.sync()
+
+
+def test_quiet_only_when_sync_would_report_nothing(maildir: Maildir) -> None:
+    deliver(maildir, 3)
+    a, b = Folder(maildir.path), Folder(maildir.path)
+    assert not a.quiet([])  # never synced
+    a.sync()
+    assert not a.quiet([])  # new/ changed too recently for its mtime to be trusted
+    settled(maildir, a)
+    settled(maildir, b)
+    assert a.quiet([]) and b.quiet([])
+    assert not a.quiet(["$Forwarded"])  # keywords other than the session announced
+
+    deliver(maildir, 1, "late")
+    assert not a.quiet([])
+    assert a.sync().new_uids == [4]
+    settled(maildir, a)
+    settled(maildir, b)
+
+    b.store_flags([1], ["\\Seen"], Mode.ADD)  # another session of this process
+    assert not b.quiet([])  # its own change: the next sync() forgets it
+    assert not b.sync()
+    assert b.quiet([])
+    assert not a.quiet([])  # the listing has the change, as b's sync left it: a has not seen it
+    assert list(a.sync().flag_changes) == [1]
+    assert a.quiet([])
+
+    def elsewhere() -> None:
+        Folder(maildir.path).store_flags([2], ["\\Flagged"], Mode.ADD)
+
+    in_another_process(elsewhere)  # the state file changed; cur/'s mtime may not have
+    assert not a.quiet([])
+    assert list(a.sync().flag_changes) == [2]
+    assert a.quiet([])
+
+
+def test_quiet_neither_waits_nor_lists_nor_locks(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It runs on the event loop: a busy listing makes it answer False, not wait."""
+    deliver(maildir, 2)
+    folder = Folder(maildir.path)
+    settled(maildir, folder)
+
+    def forbidden(*args: object) -> None:
+        raise AssertionError("quiet() must not list a directory or take the lock file")
+
+    monkeypatch.setattr(os, "listdir", forbidden)
+    monkeypatch.setattr(folder_module.fcntl, "flock", forbidden)
+    assert folder.quiet([])
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with folder._listing.mutex:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        assert not folder.quiet([])
+    finally:
+        release.set()
+        holder.join()
+    assert folder.quiet([])

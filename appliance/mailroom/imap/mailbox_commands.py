@@ -358,10 +358,17 @@ class MailboxCommands:
                 report = _qresync_report(selected, selected.infos(), command.qresync)
             return selected, selected.first_unseen(), state, report
 
-        try:
-            selected, first_unseen, state, report = await self.io(open_folder)
-        except (NoSuchFolder, InvalidFolderName):
-            return _no("No such folder", b"NONEXISTENT")
+        reopened = None
+        if again is not None and command.qresync is None:  # nothing changed: no thread trip
+            reopened = Selected.reopened_quietly(again, command.mailbox, readonly=readonly)
+        if reopened is not None:
+            selected, first_unseen, state = reopened
+            report = b""
+        else:
+            try:
+                selected, first_unseen, state, report = await self.io(open_folder)
+            except (NoSuchFolder, InvalidFolderName):
+                return _no("No such folder", b"NONEXISTENT")
         uidvalidity, uidnext, highest = state
         unseen = b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen if first_unseen is not None else b""
         # RFC 7162 3.1.2.1: a server that keeps modseqs sends HIGHESTMODSEQ on every SELECT.

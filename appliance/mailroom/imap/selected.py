@@ -6,7 +6,8 @@ session reports a change (EXISTS for new mail, EXPUNGE or VANISHED for removals)
 reports, messages expunged by others keep their numbers (RFC 3501 5.5, 7.4.1: no EXPUNGE during
 FETCH, STORE or SEARCH); reading them then fails with [EXPUNGEISSUED].
 
-Synchronous: the session calls it in a worker thread.
+Synchronous: the session calls it in a worker thread, but for `quiet` and `reopened_quietly`,
+which never wait and are meant for the event loop.
 """
 
 from __future__ import annotations
@@ -44,6 +45,23 @@ class Selected:
         self.folder.sync(list_first=False)
         self.uids = self._shared_uids = self.folder.known_uids()
         self.keywords = self.folder.keywords_as_synced()
+
+    @classmethod
+    def reopened_quietly(
+        cls, folder: Folder, name: str, *, readonly: bool
+    ) -> tuple[Selected, int | None, tuple[int, int, int]] | None:
+        """A reselect of the folder the session had selected, made on the event loop: (the new
+        selection, its first unseen number, the folder's state), as open() in a worker thread
+        would make them, if nothing changed since the folder's last sync (Folder.quiet); else
+        None. Clients reselect all day; the worker-thread trip would be most of the time."""
+        quiet = folder.reopened_quietly()
+        if quiet is None:
+            return None
+        state, keywords, first_unseen = quiet
+        selected = cls(folder, name, readonly=readonly)
+        selected.uids = selected._shared_uids = folder.known_uids()
+        selected.keywords = keywords
+        return selected, None if first_unseen is None else selected.seq_of(first_unseen), state
 
     def flags_announcement(self) -> bytes:
         """FLAGS and PERMANENTFLAGS: at SELECT, and again whenever a keyword is defined."""
@@ -176,6 +194,10 @@ class Selected:
         return [(i + 1, by_uid[u]) for i, u in enumerate(self.uids) if u in by_uid]
 
     # ----------------------------------------------------------------- changes
+
+    def quiet(self, *, expunge: bool) -> bool:
+        """Whether updates() would return nothing: known on the event loop (Folder.quiet)."""
+        return not (expunge and self.pending_expunge) and self.folder.quiet(self.keywords)
 
     def updates(self, *, expunge: bool, condstore: bool, qresync: bool) -> bytes:
         """Untagged responses for what changed since the last call (and our own expunges)."""

@@ -9,7 +9,9 @@ module reads, frames (through the pure `protocol.CommandParser`), dispatches and
 - Limits: literals before login are small (the parser checks the announced size before reading
   a byte); a cap on commands before login; a BAD counter; idle timers (short before login, 30
   minutes after, RFC 3501 5.4, IDLE included). Commands pipelined behind STARTTLS are dropped.
-- Every store call runs in a worker thread: the loop only frames and writes.
+- Every store call runs in a worker thread: the loop only frames and writes. The one exception
+  is the look that finds nothing changed in the selected folder (Folder.quiet: two stats and a
+  small read), which spares a NOOP or a reselect the thread trip that would be most of its time.
 """
 
 from __future__ import annotations
@@ -438,7 +440,7 @@ class Session(MailboxCommands, MessageCommands):
 
     async def send_updates(self, *, expunge: bool = True) -> None:
         selected = self.selected
-        if selected is None:
+        if selected is None or selected.quiet(expunge=expunge):  # nothing to say: no thread trip
             return
         self.write(
             await self.io(selected.updates, expunge=expunge, condstore=self.condstore, qresync=self.qresync)
