@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -14,6 +15,7 @@ from mailroom.imap.protocol import (
     ParseError,
     SaslResponse,
     SequenceSet,
+    parser,
 )
 from mailroom.imap.protocol import commands as c
 from mailroom.imap.protocol import fetch as f
@@ -450,3 +452,50 @@ def test_sequence_sets() -> None:
     for bad in ("", "0", "1:", ":1", "01", "1,,2", "4294967296", "$,1"):
         with pytest.raises(ValueError):
             SequenceSet.parse(bad)
+
+
+REPEATED = [
+    b"NOOP",
+    b"IDLE",
+    b"SELECT INBOX",
+    b'EXAMINE "Sent" (CONDSTORE)',
+    b'STATUS "Archive/2024" (MESSAGES UIDNEXT UNSEEN)',
+    b'LIST "" "*" RETURN (SPECIAL-USE)',
+    b"UID FETCH 1:* (FLAGS)",
+    b"FETCH 1:5 (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM SUBJECT)]<0.100>)",
+    b"UID SEARCH UNSEEN NOT DELETED SINCE 1-Jan-2024",
+    b"UID EXPUNGE 3:4",
+    b"CLOSE",
+]
+
+
+@pytest.mark.parametrize("line", REPEATED)
+def test_a_command_line_seen_before_is_made_from_the_cache_as_parsing_would(line: bytes) -> None:
+    parser.clear_cache()
+    first = CommandParser().feed(b"a1 " + line + b"\r\n")
+    again = CommandParser().feed(b"b.2 " + line + b"\r\n")  # from the cache, with its own tag
+    assert len(first) == len(again) == 1 and isinstance(first[0], c.Command)
+    assert len(parser._parsed) == 1
+    assert again[0] == dataclasses.replace(first[0], tag="b.2")
+    assert again[0].to_bytes() == first[0].to_bytes().replace(b"a1 ", b"b.2 ", 1)
+
+
+def test_the_cache_keeps_no_credentials_and_no_bad_tags() -> None:
+    parser.clear_cache()
+    login = CommandParser().feed(b'a1 LOGIN "alice" "secret"\r\n')
+    assert isinstance(login[0], c.Login) and not parser._parsed
+    CommandParser().feed(b"a1 NOOP\r\n")
+    [error] = CommandParser().feed(b"a+b NOOP\r\n")  # the cached body behind an invalid tag
+    assert isinstance(error, ParseError)
+    pausing = CommandParser()
+    assert isinstance(pausing.feed(b"a1 IDLE\r\n")[0], c.Idle) and pausing.paused
+    pausing = CommandParser()
+    assert isinstance(pausing.feed(b"a2 IDLE\r\nDONE\r\n")[0], c.Idle) and pausing.paused  # cached
+
+
+def test_the_cache_tells_utf8_sessions_apart() -> None:
+    parser.clear_cache()
+    line = 'a1 SELECT "Entwürfe"\r\n'.encode()
+    assert isinstance(CommandParser(utf8=True).feed(line)[0], c.Select)
+    assert isinstance(CommandParser().feed(line)[0], ParseError)  # 8-bit without UTF8=ACCEPT
+    assert isinstance(CommandParser(utf8=True).feed(line)[0], c.Select)

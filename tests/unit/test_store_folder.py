@@ -578,12 +578,24 @@ def settled(box: Maildir, folder: Folder) -> None:
     folder.sync()
 
 
-def test_quiet_only_when_sync_would_report_nothing(maildir: Maildir) -> None:
+@pytest.fixture(params=[True, False], ids=["notice", "looks"])
+def notice(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """quiet() with the kernel's notice of changes (store/changes.py), and without it, as on a
+    file system it does not trust, where it looks at the folder each time."""
+    if not request.param:
+        monkeypatch.setattr(folder_module.CHANGES, "watch", lambda path: None)
+    return bool(request.param)
+
+
+def test_quiet_only_when_sync_would_report_nothing(maildir: Maildir, notice: bool) -> None:
     deliver(maildir, 3)
     a, b = Folder(maildir.path), Folder(maildir.path)
     assert not a.quiet([])  # never synced
     a.sync()
-    assert not a.quiet([])  # new/ changed too recently for its mtime to be trusted
+    assert not a.quiet([])  # the sync moved the mail out of new/: a change since its look
+    a.sync()
+    # Looking, new/ changed too recently for its mtime to be trusted; the notice needs no mtime.
+    assert a.quiet([]) is notice
     settled(maildir, a)
     settled(maildir, b)
     assert a.quiet([]) and b.quiet([])
@@ -612,17 +624,22 @@ def test_quiet_only_when_sync_would_report_nothing(maildir: Maildir) -> None:
     assert a.quiet([])
 
 
-def test_quiet_neither_waits_nor_lists_nor_locks(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quiet_neither_waits_nor_lists_nor_locks(
+    maildir: Maildir, monkeypatch: pytest.MonkeyPatch, notice: bool
+) -> None:
     """It runs on the event loop: a busy listing makes it answer False, not wait."""
     deliver(maildir, 2)
     folder = Folder(maildir.path)
     settled(maildir, folder)
+    assert folder.quiet([])  # with the notice, this first check records the count it found
 
     def forbidden(*args: object) -> None:
         raise AssertionError("quiet() must not list a directory or take the lock file")
 
     monkeypatch.setattr(os, "listdir", forbidden)
     monkeypatch.setattr(folder_module.fcntl, "flock", forbidden)
+    if notice:  # one read of the notice, not a stat
+        monkeypatch.setattr(os, "stat", forbidden)
     assert folder.quiet([])
     held, release = threading.Event(), threading.Event()
 

@@ -110,6 +110,7 @@ from typing import BinaryIO
 
 from ..fsutil import fsync_dir, read_ahead, read_small, replace_synced, write_synced
 from . import dirlisting
+from .changes import CHANGES, Watch
 from .errors import FolderGone, InvalidFlag, MessageGone, TooManyKeywords
 from .highwater import Mark, read_highwater, write_highwater
 from .index import INDEX_FILE, PREFETCH_BYTES, Columns, SavedIndex, read_index, write_index
@@ -461,6 +462,11 @@ class _Listing:
         self._cur_path = str(self.path / "cur")
         self._new_path = str(self.path / "new")
         self._new_empty_at: int | None = None  # mtime of new/ when we last found it empty
+        # The kernel's notice of changes to the folder (store/changes.py), where it can be had:
+        # _noticed is its count as of a look that found the folder as the listing has it.
+        self._watch: Watch | None = None
+        self._watch_tried = False
+        self._noticed: int | None = None
         self._keywords: list[str] = []
         self._adopted: Adopted = {}  # mailroom-uidlist: UIDs of names without U= (store/uidlist.py)
         self._adopted_id: tuple[int, int, int] | None = None
@@ -806,17 +812,36 @@ class _Listing:
         except FileNotFoundError:
             return same, None
 
-    def unchanged_at_a_glance(self) -> bool:
-        """Whether the folder is as at our last scan, by _glance alone, with new/ still as we
-        last found it empty (see _probe). Lists nothing and takes no lock file, so it may run on
-        the event loop; False when in doubt (a first look, anything changed, an error)."""
+    def looks_unchanged(self) -> bool:
+        """Whether the folder is as at our last scan, without waiting: by the kernel's notice
+        of changes (one read that finds no event since a look that found nothing new), else by
+        _glance, with new/ still as we last found it empty (see _probe). Lists nothing and takes
+        no lock file, so it may run on the event loop; False when in doubt (a first look,
+        anything changed, an error)."""
         if self._unopened or self._snapshot is None:
             return False
+        watch = self._watch
+        count = None if watch is None else CHANGES.count(watch, wait=False)
+        if count is not None and count == self._noticed:
+            return True
         try:
             same, new_mtime = self._glance()
         except (OSError, FolderGone):
             return False
-        return same and new_mtime is not None and new_mtime == self._new_empty_at
+        unchanged = same and new_mtime is not None and new_mtime == self._new_empty_at
+        if unchanged:
+            self._noticed = count  # no event since count: the next check needs no look
+        return unchanged
+
+    def _notice(self) -> int | None:
+        """The kernel's count of changes to the folder, read before a look at it (a change
+        after this shows in a later count); the watch is set up at the first call."""
+        if not self._watch_tried:
+            self._watch_tried = True
+            self._watch = CHANGES.watch(self._path_str)
+            if self._watch is not None:
+                weakref.finalize(self, CHANGES.unwatch, self._watch)
+        return None if self._watch is None else CHANGES.count(self._watch)
 
     def _probe(self) -> tuple[bool, list[str]]:
         """(state file and cur/ unchanged since our last scan, names waiting in new/): no lock.
@@ -829,12 +854,15 @@ class _Listing:
         """
         if self._unopened:
             self._first_look()
+        count = self._notice()
         same, new_mtime = self._glance()
         if new_mtime is None or new_mtime == self._new_empty_at:
-            return same, []
-        now = time.time_ns()
-        arrivals = [n for n in os.listdir(self._new_path) if not n.startswith(".")]
-        self._new_empty_at = new_mtime if not arrivals and now - new_mtime > 1_000_000_000 else None
+            arrivals = []
+        else:
+            now = time.time_ns()
+            arrivals = [n for n in os.listdir(self._new_path) if not n.startswith(".")]
+            self._new_empty_at = new_mtime if not arrivals and now - new_mtime > 1_000_000_000 else None
+        self._noticed = count if same and not arrivals else None
         return same, arrivals
 
     def _first_look(self) -> None:
@@ -1429,7 +1457,7 @@ class Folder:
     def _if_quiet(self) -> Iterator[_Listing | None]:
         """The listing, its mutex held, if a sync() now would report nothing and change nothing
         (this object has seen every change, made none since, and the folder on disk is as then:
-        see _Listing.unchanged_at_a_glance); else None. Never waits for the mutex."""
+        see _Listing.looks_unchanged); else None. Never waits for the mutex."""
         listing = self._shared
         if listing is None or self._seen is None or self._own or not listing.mutex.acquire(blocking=False):
             yield None
@@ -1440,7 +1468,7 @@ class Folder:
                 self._seen == listing.version
                 and state is not None
                 and self._seen_modseq == state.highestmodseq
-                and listing.unchanged_at_a_glance()
+                and listing.looks_unchanged()
             )
             yield listing if quiet else None
         finally:
@@ -1451,8 +1479,9 @@ class Folder:
 
         For the event loop, where a command with nothing to report (a NOOP, most commands of a
         client that polls) is spared the trip to a worker thread, which costs it more than all
-        the rest. Two stats and a read of a small file, all cached: what IDLE's FolderWatcher
-        does on the loop too. False when in doubt (another thread holds the listing, something
+        the rest. One read of the kernel's notice of changes (store/changes.py), or where there
+        is none two stats and a read of a small file, all cached: what IDLE's FolderWatcher does
+        on the loop too. False when in doubt (another thread holds the listing, something
         changed): the caller then asks sync() in a worker thread."""
         with self._if_quiet() as listing:
             return listing is not None and listing._keywords == keywords

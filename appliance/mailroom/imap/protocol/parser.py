@@ -17,9 +17,11 @@ So the parser never holds more than `line_limit + literal_limit` octets.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
+from . import commands as c
 from .commands import Authenticate, Command, Compress, Idle, StartTLS, read_command
 from .errors import ParseError, SyntaxProblem
 from .lexer import TAG_CHARS, Reader
@@ -63,6 +65,26 @@ Event = Command | ParseError | ContinuationNeeded | IdleDone | SaslResponse
 
 _NORMAL, _IDLE, _SASL = "normal", "idle", "sasl"
 _PAUSING = (Idle, Authenticate, StartTLS, Compress)
+
+# Commands that clients send again and again, word for word (NOOP, IDLE, SELECT INBOX, the
+# FETCH of a folder's flags): parsed once per process, then made again from their fields with
+# the new tag. Parsing SELECT INBOX takes 6 µs warm, but 35-40 µs right after a big FETCH has
+# pushed the parser out of the CPU's caches; a lookup touches far less. Commands with
+# credentials (LOGIN, AUTHENTICATE) or literals are never kept; the cache is emptied when full.
+_CACHEABLE = frozenset(
+    {
+        c.Noop, c.Check, c.Capability, c.Idle, c.Namespace, c.Close, c.Unselect, c.Expunge,
+        c.Select, c.Examine, c.Status, c.List, c.Lsub, c.Fetch, c.Search, c.UidExpunge,
+    }
+)  # fmt: skip
+_CACHE_SIZE = 512
+_parsed: dict[tuple[bytes, bool, int], tuple[type[Command], tuple[object, ...]]] = {}
+_TAG_BYTES = bytes(sorted(TAG_CHARS))
+
+
+def clear_cache() -> None:
+    """Forget the command lines parsed so far (see _parsed)."""
+    _parsed.clear()
 
 
 class CommandParser:
@@ -226,6 +248,25 @@ class CommandParser:
 
     def _parse(self) -> Command | ParseError:
         data = bytes(self._cmd)
+        space = data.find(b" ")
+        key = (data[space + 1 :], self.utf8, self.max_depth)
+        known = _parsed.get(key) if space > 0 else None
+        if known is not None and not data[:space].translate(None, _TAG_BYTES):
+            kind, fields = known
+            cmd = kind(data[:space].decode("ascii"), *fields)
+        else:
+            cmd = self._parse_anew(data)
+            kind = type(cmd)
+            if kind in _CACHEABLE and not self._literal_octets:
+                if len(_parsed) >= _CACHE_SIZE:
+                    _parsed.clear()
+                names = [f.name for f in dataclasses.fields(cmd)[1:]]  # type: ignore[arg-type]
+                _parsed[key] = (kind, tuple(getattr(cmd, name) for name in names))
+        if isinstance(cmd, _PAUSING):
+            self.paused = True
+        return cmd
+
+    def _parse_anew(self, data: bytes) -> Command | ParseError:
         r = Reader(data, utf8=self.utf8, max_depth=self.max_depth)
         tag = None
         try:
@@ -236,8 +277,6 @@ class CommandParser:
             return ParseError(tag, exc.message, exc.code, exc.status)
         except (RecursionError, ValueError, IndexError) as exc:  # a bug, not a crash
             return ParseError(tag, f"unparsable command ({type(exc).__name__})")
-        if isinstance(cmd, _PAUSING):
-            self.paused = True
         return cmd
 
     def _error(self, message: str, tag: str | None) -> ParseError:
