@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -623,6 +624,14 @@ def test_quiet_only_when_sync_would_report_nothing(maildir: Maildir, notice: boo
     assert list(a.sync().flag_changes) == [2]
     assert a.quiet([])
 
+    # A Maildir tool that is not Mailroom renames in cur/ and writes no state file: cur/'s
+    # mtime tells (it has the resolution of the kernel's clock tick, hence the pause).
+    time.sleep(0.05)
+    [name] = [n for n in os.listdir(maildir.path / "cur") if ",U=3," in n]
+    os.rename(maildir.path / "cur" / name, maildir.path / "cur" / (name + "T"))
+    assert not a.quiet([])
+    assert list(a.sync().flag_changes) == [3]
+
 
 def test_quiet_neither_waits_nor_lists_nor_locks(
     maildir: Maildir, monkeypatch: pytest.MonkeyPatch, notice: bool
@@ -638,9 +647,18 @@ def test_quiet_neither_waits_nor_lists_nor_locks(
 
     monkeypatch.setattr(os, "listdir", forbidden)
     monkeypatch.setattr(folder_module.fcntl, "flock", forbidden)
-    if notice:  # one read of the notice, not a stat
-        monkeypatch.setattr(os, "stat", forbidden)
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        stats.append(os.fspath(path))  # type: ignore[arg-type]
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", counting_stat)
     assert folder.quiet([])
+    # With the notice: one read of it and a stat of cur/; without: cur/, new/ and the state file.
+    assert stats == [str(maildir.path / "cur")] if notice else len(stats) == 2
+    monkeypatch.setattr(os, "stat", real_stat)
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:

@@ -814,16 +814,21 @@ class _Listing:
 
     def looks_unchanged(self) -> bool:
         """Whether the folder is as at our last scan, without waiting: by the kernel's notice
-        of changes (one read that finds no event since a look that found nothing new), else by
-        _glance, with new/ still as we last found it empty (see _probe). Lists nothing and takes
-        no lock file, so it may run on the event loop; False when in doubt (a first look,
-        anything changed, an error)."""
-        if self._unopened or self._snapshot is None:
+        of changes (no event in the folder's directory or new/ since a look that found nothing
+        new) and a stat of cur/, else by _glance, with new/ still as we last found it empty
+        (see _probe). Lists nothing and takes no lock file, so it may run on the event loop;
+        False when in doubt (a first look, anything changed, an error)."""
+        snapshot = self._snapshot
+        if self._unopened or snapshot is None:
             return False
         watch = self._watch
         count = None if watch is None else CHANGES.count(watch, wait=False)
         if count is not None and count == self._noticed:
-            return True
+            try:
+                cur = self._check_exists()
+            except (OSError, FolderGone):
+                return False
+            return cur.st_ino == snapshot[1] and cur.st_mtime_ns == snapshot[2]
         try:
             same, new_mtime = self._glance()
         except (OSError, FolderGone):
