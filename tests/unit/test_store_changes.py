@@ -157,3 +157,10 @@ def test_a_flood_of_events_is_left_to_a_thread_that_may_wait(folder: Path) -> No
     total = watcher.count(watch)
     assert total is not None and total >= 1500
     assert watcher.count(watch, wait=False) == total
+
+
+def test_prepared_early_the_instance_is_there_before_any_watch() -> None:
+    watcher = FolderChanges()
+    assert watcher._fd is None
+    watcher.prepare()
+    assert watcher._fd is not None and watcher._by_wd == {}

@@ -17,6 +17,7 @@ from .. import daemon, metrics
 from ..accounts import Directory
 from ..config import Config, Listener
 from ..store import MaildirStore
+from ..store.changes import CHANGES
 from .protocol import responses as r
 from .session import TLS_HANDSHAKE_TIMEOUT, Session
 from .watcher import FolderWatcher
@@ -50,6 +51,7 @@ def serve(config: Config) -> None:
 
     async def main(stop: asyncio.Event) -> None:
         watcher = FolderWatcher()
+        CHANGES.prepare()  # in this worker process, before the first folder is opened
 
         def refuse(listener: Listener) -> bytes:
             metrics.IMAP_CONNECTIONS_REFUSED.labels(listener.name).inc()
