@@ -10,9 +10,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,26 @@ USERS = ("alice@example.test", "bob@example.test")
 
 
 _PORTS_GIVEN: set[int] = set()
+
+
+@contextmanager
+def held_elsewhere(lock: AbstractContextManager[object]) -> Iterator[None]:
+    """Hold lock in another thread for as long as the block runs."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join()
 
 
 def free_port() -> int:

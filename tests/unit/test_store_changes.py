@@ -7,13 +7,13 @@ import multiprocessing
 import os
 import shutil
 import struct
-import threading
 from pathlib import Path
 
 import pytest
 
 from mailroom.store import changes
 from mailroom.store.changes import IN_Q_OVERFLOW, FolderChanges
+from tests.conftest import held_elsewhere
 
 
 @pytest.fixture
@@ -89,21 +89,8 @@ def test_a_busy_reader_makes_the_loop_look_instead_of_wait(folder: Path) -> None
     watcher = FolderChanges()
     watch = watcher.watch(str(folder))
     assert watch is not None
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with watcher._lock:
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(10)
+    with held_elsewhere(watcher._lock):
         assert watcher.count(watch, wait=False) is None
-    finally:
-        release.set()
-        holder.join()
     assert watcher.count(watch, wait=False) is not None
 
 

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from mailroom.store import Folder, FolderGone, InvalidFlag, Maildir, MessageGone
 from mailroom.store import folder as folder_module
 from mailroom.store.folder import STATE_FILE, UIDVALIDITY_FILE
 from mailroom.store.highwater import HIGHWATER_FILE, read_highwater
+from tests.conftest import held_elsewhere
 
 NAME = re.compile(r"^(?P<base>[^:]+),U=(?P<uid>\d+),M=(?P<modseq>\d+):2,(?P<flags>[A-Za-z]*)$")
 
@@ -659,19 +659,6 @@ def test_quiet_neither_waits_nor_lists_nor_locks(
     # With the notice: one read of it and a stat of cur/; without: cur/, new/ and the state file.
     assert stats == [str(maildir.path / "cur")] if notice else len(stats) == 2
     monkeypatch.setattr(os, "stat", real_stat)
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with folder._listing.mutex:
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(10)
+    with held_elsewhere(folder._listing.mutex):
         assert not folder.quiet([])
-    finally:
-        release.set()
-        holder.join()
     assert folder.quiet([])
