@@ -10,8 +10,9 @@ module reads, frames (through the pure `protocol.CommandParser`), dispatches and
   a byte); a cap on commands before login; a BAD counter; idle timers (short before login, 30
   minutes after, RFC 3501 5.4, IDLE included). Commands pipelined behind STARTTLS are dropped.
 - Every store call runs in a worker thread: the loop only frames and writes. The one exception
-  is the look that finds nothing changed in the selected folder (Folder.quiet: two stats and a
-  small read), which spares a NOOP or a reselect the thread trip that would be most of its time.
+  is the look that finds nothing changed in the selected folder (Folder.quiet: a read of the
+  kernel's notice of changes and a stat, or where there is no notice two stats and a small
+  read), which spares a NOOP or a reselect the thread trip that would be most of its time.
 """
 
 from __future__ import annotations
