@@ -195,6 +195,40 @@ def test_the_first_unseen_is_found_again_after_every_change(big: Maildir) -> Non
     assert folder.first_uid_without("\\Seen") is None
 
 
+def test_a_reselect_after_every_flag_was_read_still_knows_the_first_unseen(
+    big: Maildir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FETCH of every message's flags reads the flag ids from the index; the index's first
+    unseen UID holds until the listing changes, so the reselect after it answers on the event
+    loop (reopened_quietly) without a search through the ids."""
+    Folder(big.path).store_flags([1, 2, 3], ["\\Seen"], Mode.ADD)  # the first unseen is 4 now
+    new_process()
+    folder = Folder(big.path)
+    folder.sync(list_first=False)
+    os.utime(big.path / "new", (1_600_000_000, 1_600_000_000))  # no delivery in a long while
+    folder.sync(list_first=False)
+    searches: list[str] = []
+    real = folder_module._Listing.uids_with
+
+    def uids_with(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        searches.append("searched")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(folder_module._Listing, "uids_with", uids_with)
+    assert [flags for flags, _ in folder.summaries(list(range(1, 13)))][1] == {"\\Seen", "$Work"}
+    assert "_fids" in vars(folder._listing)  # read now
+    quiet = folder.reopened_quietly()
+    assert quiet is not None and quiet[2] == 4
+    assert folder.first_uid_without("\\Seen") == 4
+    assert searches == []
+    # A change makes it unknown until searched for again, and then right.
+    folder.store_flags([4], ["\\Seen"], Mode.ADD)
+    folder.sync(list_first=False)
+    assert folder.reopened_quietly() is None
+    assert folder.first_uid_without("\\Seen") == 6  # 5 is \\Seen
+    assert searches == ["searched"]
+
+
 @pytest.mark.parametrize("column", ["fids", "modseqs"])
 def test_index_columns_that_do_not_read_back_come_from_cur(big: Maildir, column: str) -> None:
     Folder(big.path).sync()

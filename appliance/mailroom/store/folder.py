@@ -472,9 +472,9 @@ class _Listing:
         self._adopted_id: tuple[int, int, int] | None = None
         self._adopted_max = (0, 0)  # the highest UID and MODSEQ in it
         self._lazy: dict[str, SavedIndex] = {}  # columns still in the saved index (__getattr__)
-        self._first_unseen = 0
-        # (version, UID) of the first message without \\Seen as last found: SELECT asks at every
-        # reselect, and the search runs through the flag ids (see first_uid_without).
+        # (version, UID) of the first message without \\Seen as last found, or as the saved index
+        # gives it: SELECT asks at every reselect, and the search runs through the flag ids (see
+        # first_uid_without), which a cold SELECT does not even read.
         self._unseen_found: tuple[int, int | None] | None = None
         # The listing of cur/ (and its names without UIDs) that a LOCK_SH pass of _refresh_locked
         # leaves to the LOCK_EX pass after it: see there.
@@ -515,11 +515,8 @@ class _Listing:
         return column
 
     def known_first_unseen(self) -> int | None:
-        """The first UID without \\Seen if known without a look at the flag ids: as the saved
-        index says while its flag ids are untouched (any change to the listing reads them), or
-        as last found at this version; 0: none; None: not known."""
-        if "_fids" in self.__dict__.get("_lazy", {}):
-            return self._first_unseen
+        """The first UID without \\Seen if known without a look at the flag ids: as last found,
+        or as the saved index says, at this version; 0: none; None: not known."""
         if self._unseen_found is not None:
             version, found = self._unseen_found
             if version == self.version:
@@ -530,6 +527,7 @@ class _Listing:
         """Flag ids or modseqs by UID from the names in cur/; the next refresh compares all."""
         found = self._cur_by_uid()
         self._snapshot = None  # names and columns may disagree: the next refresh lists cur/
+        self._unseen_found = None  # and the saved index's first unseen UID may be wrong
         if name == "_modseqs":
             return array("Q", [found[uid][1] if uid in found else 1 for uid in self._uids])
         return array("I", [self._fid(found[uid][2] if uid in found else "") for uid in self._uids])
@@ -1013,12 +1011,14 @@ class _Listing:
         # The flag ids and modseqs are read on first need (__getattr__): SELECT needs neither.
         del self._fids, self._modseqs
         self._lazy = {"_fids": saved, "_modseqs": saved}
-        self._first_unseen = saved.first_unseen
         self._table = saved.table
         self._fid_of = {letters: fid for fid, letters in enumerate(self._table)}
         self._fid_flags = [self._flags_of(letters) for letters in self._table]
         self._names, self._saved = None, saved
         self._bump()
+        # Holds until the listing changes, whether or not its flag ids have been read by then
+        # (a FETCH of every message's flags reads them; the reselect after it still knows).
+        self._unseen_found = (self.version, saved.first_unseen or None)
         current = (raw_state, cur.st_ino, cur.st_mtime_ns)
         if state is None or current != (saved.state, saved.cur_ino, saved.cur_mtime_ns):
             self._need_names()
