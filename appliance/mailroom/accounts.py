@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import argon2
@@ -113,8 +114,16 @@ class Directory:
             return False
         return address in self._aliases and user in self.resolve(address).local
 
-    async def authenticate(self, address: str, password: str) -> User | None:
+    async def authenticate(
+        self, address: str, password: str, meanwhile: Callable[[User], object] | None = None
+    ) -> User | None:
+        """The active user with this address and password, else None. meanwhile(user), for an
+        active user, once the hash (the slow part, in a thread) is under way: what a login
+        does next can overlap it. Neither the reply nor its timing depends on meanwhile."""
         user = self.user(address)
         stored = user.password_hash if user else _DUMMY_HASH
-        ok = await asyncio.get_running_loop().run_in_executor(None, verify_password, stored, password)
+        verifying = asyncio.get_running_loop().run_in_executor(None, verify_password, stored, password)
+        if user is not None and meanwhile is not None:
+            meanwhile(user)
+        ok = await verifying
         return user if ok and user else None

@@ -77,18 +77,25 @@ class Outcome(enum.Enum):
 
 
 async def throttled_login(
-    directory: Directory, throttle: LoginThrottle, ip: str, login: str, password: str, protocol: str
+    directory: Directory,
+    throttle: LoginThrottle,
+    ip: str,
+    login: str,
+    password: str,
+    protocol: str,
+    meanwhile: Callable[[User], object] | None = None,
 ) -> tuple[Outcome, User | None]:
     """One login attempt as every protocol makes it: lockout check, verification, delay on failure.
 
     The caller maps the outcome to its protocol's reply and metric. A failure is
     answered only after the throttle's delay, so guessing gets slower and slower.
+    meanwhile: see Directory.authenticate; never called for a locked-out attempt.
     """
     keys = (f"ip:{ip}", f"user:{login.lower()}")
     if throttle.locked(*keys):
         log.warning("%s login locked out peer=%s login=%r", protocol, ip, login)
         return Outcome.LOCKED, None
-    user = await directory.authenticate(login, password)
+    user = await directory.authenticate(login, password, meanwhile)
     if user is None:
         delay = throttle.failure(*keys)
         log.warning("%s login failed peer=%s login=%r", protocol, ip, login)

@@ -128,6 +128,33 @@ def test_authenticate_plain_with_initial_response_and_wrong_password(imapd: Imap
     client.logout()
 
 
+def test_a_failed_login_sets_up_nothing_and_the_next_login_selects_its_own_inbox(imapd: Imapd) -> None:
+    """The mailbox is read ahead while the password is verified (Session.read_ahead): a wrong
+    password leaves a mailbox never opened as it was, and what was read ahead for one user is
+    never another's."""
+
+    def tree(address: str) -> list[str]:
+        root = imapd.maildir(address)
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+    imapd.deliver(BOB, message("For Bob"))  # delivered to, never opened
+    imapd.deliver(ALICE, message("For Alice"))
+    imapd.client(ALICE).logout()  # Alice's mailbox is set up: hers is read ahead
+    before = tree(BOB)
+    client = imaplib.IMAP4_SSL("127.0.0.1", imapd.imaps, ssl_context=insecure(), timeout=10)
+    for user in (BOB, ALICE):
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            client.login(user, "wrong password")
+    assert tree(BOB) == before  # no special folders, no state, the message still in new/
+    client.login(BOB, PASSWORD)
+    typ, data = client.select("INBOX")
+    assert typ == "OK" and data == [b"1"]
+    typ, data = client.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert typ == "OK" and b"For Bob" in data[0][1]  # type: ignore[index]
+    client.logout()
+    assert "Sent" in {p.name.lstrip(".") for p in imapd.maildir(BOB).iterdir()}  # set up by the LOGIN
+
+
 def test_commands_pipelined_behind_starttls_are_dropped(imapd: Imapd) -> None:
     sock = raw(imapd.imap)
     sock.sendall(b"a STARTTLS\r\nb LOGIN alice@example.test x\r\n")

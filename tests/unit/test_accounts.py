@@ -120,6 +120,25 @@ def test_authenticate() -> None:
     assert asyncio.run(d.authenticate("nobody@example.test", "pw")) is None
 
 
+def test_authenticate_calls_meanwhile_for_an_active_user_only_and_answers_the_same() -> None:
+    d = directory()
+    called: list[str] = []
+
+    def attempt(address: str, password: str) -> bool:
+        return (
+            asyncio.run(d.authenticate(address, password, lambda user: called.append(user.address)))
+            is not None
+        )
+
+    assert attempt("alice@example.test", "pw")
+    assert not attempt("alice@example.test", "wrong")
+    assert called == ["alice@example.test", "alice@example.test"]
+    called.clear()
+    assert not attempt("nobody@example.test", "pw")
+    assert not attempt("gone@example.test", "pw")  # disabled
+    assert called == []
+
+
 def test_cli_password_hash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

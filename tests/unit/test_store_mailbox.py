@@ -51,6 +51,22 @@ def test_first_open_creates_inbox_and_special_folders(root: Path) -> None:
     assert "Junk" not in listing(Mailbox(root))
 
 
+def test_if_set_up_opens_only_a_mailbox_whose_first_open_is_done_and_writes_nothing(root: Path) -> None:
+    def tree() -> list[str]:
+        return sorted(str(p.relative_to(root.parent)) for p in root.parent.rglob("*"))
+
+    assert Mailbox.if_set_up(root) is None
+    assert not root.exists()  # nothing made for a mailbox that is not there
+    Maildir(root).deliver(b"Subject: early\n\n")  # delivered to, never opened
+    before = tree()
+    assert Mailbox.if_set_up(root) is None
+    assert tree() == before  # no special folders, no state
+    Mailbox(root)  # the first open
+    before = tree()
+    opened = Mailbox.if_set_up(root)
+    assert opened is not None and opened.folder("INBOX").sync().new_uids == [1]
+
+
 def test_create_makes_parents_and_encodes_names(root: Path) -> None:
     mailbox = Mailbox(root)
     mailbox.create("Projekte.Entwürfe.2024")

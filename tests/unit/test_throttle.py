@@ -114,3 +114,30 @@ def test_the_shared_table_remembers_key_hashes_within_bounds(monkeypatch: pytest
         for i in range(20):
             table.put(f"key:{i}", Record(a=i))
         assert [table.get(f"key:{i}").a for i in range(20)] == list(range(20))  # type: ignore[union-attr]
+
+
+def test_a_locked_out_login_is_not_verified_and_reads_nothing_ahead() -> None:
+    import asyncio
+    from typing import Any
+
+    class Directory:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        async def authenticate(self, login: str, password: str, meanwhile: Any = None) -> None:
+            self.asked.append(login)
+            if meanwhile is not None:
+                meanwhile(login)
+
+    t = LoginThrottle(clock=Clock())
+    for _ in range(throttle.LOCKOUT_FAILURES):
+        t.failure("ip:1", "user:a")
+    directory = Directory()
+    never: list[object] = []
+    outcome, user = asyncio.run(
+        throttle.throttled_login(directory, t, "1", "a", "pw", "imap", meanwhile=never.append)  # type: ignore[arg-type]
+    )
+    assert outcome is throttle.Outcome.LOCKED and user is None
+    assert directory.asked == [] and never == []
+    asyncio.run(throttle.throttled_login(directory, t, "2", "b", "pw", "imap", meanwhile=never.append))  # type: ignore[arg-type]
+    assert directory.asked == ["b"] and never == ["b"]

@@ -336,7 +336,7 @@ class MailboxCommands:
         mailbox = self._mailbox()
         again = previous.folder if previous is not None and previous.name == command.mailbox else None
         # The first SELECT or EXAMINE ends the early opening; only one of INBOX waits for it.
-        inbox = await self.take_inbox(wanted=command.mailbox.upper() == INBOX)
+        inbox = self.take_inbox(wanted=command.mailbox.upper() == INBOX)
         if again is None and inbox is not None:
             again = inbox
 

@@ -207,9 +207,11 @@ class Session(MailboxCommands, MessageCommands):
         # The untagged updates of the command being run, when its handler got them in the same
         # worker-thread trip as its own store call (io_then_updates), or the error that made.
         self._updates: bytes | Exception | None = None
-        # INBOX, opened in a worker thread right after LOGIN's reply went out, for the SELECT
-        # INBOX that nearly every client sends next (see open_inbox_early).
-        self._inbox: asyncio.Future[Folder] | None = None
+        # The user's Mailbox and INBOX, opened in a worker thread while LOGIN verifies the
+        # password (see read_ahead), and INBOX kept for the SELECT INBOX that nearly every
+        # client sends next (take_inbox).
+        self._read_ahead: asyncio.Future[tuple[Mailbox | None, Folder | None]] | None = None
+        self._inbox: Folder | None = None
         self._octets = [0, 0]  # in, out: not added to metrics.IMAP_BYTES yet
         self._octets_due = 0.0  # time.monotonic() when they are added next
 
@@ -556,15 +558,22 @@ class Session(MailboxCommands, MessageCommands):
 
     async def login(self, login: str, password: str, mechanism: str) -> Reply:
         outcome, user = await throttled_login(
-            self.directory, self.throttle, self.peer, login, password, "imap"
+            self.directory, self.throttle, self.peer, login, password, "imap", meanwhile=self.read_ahead
         )
+        ahead, self._read_ahead = self._read_ahead, None
         if user is None:
             metrics.IMAP_AUTH.labels(outcome.value).inc()
             if outcome is Outcome.LOCKED:
                 return no("Too many failed logins, try again later", b"UNAVAILABLE")
             return no("Authentication failed", b"AUTHENTICATIONFAILED")
+        mailbox, self._inbox = None, None
+        if ahead is not None:
+            with contextlib.suppress(Exception):  # the failure is the opening's below to report
+                mailbox, self._inbox = await ahead
         try:
-            self.mailbox = await self.io(Mailbox, self.maildir_of(user.address))
+            if mailbox is None:
+                mailbox = await self.io(Mailbox, self.maildir_of(user.address))
+            self.mailbox = mailbox
         except Exception:
             metrics.IMAP_AUTH.labels("error").inc()
             log.exception("cannot open mailbox user=%s", user.address)
@@ -574,39 +583,39 @@ class Session(MailboxCommands, MessageCommands):
         self.state = State.AUTHENTICATED
         self.parser.literal_limit = self.append_limit
         log.info("login user=%s peer=%s mechanism=%s", user.address, self.peer, mechanism)
-        # Called back once this task waits for the client's next command, so after the reply
-        # below has been written: the client's round trip then hides the opening of INBOX.
-        asyncio.get_running_loop().call_soon(self.open_inbox_early)
         return ok("Logged in", r.code("CAPABILITY", *self.capabilities()))
 
-    def open_inbox_early(self) -> None:
-        """Start opening INBOX for the first SELECT INBOX, which takes it (take_inbox).
+    def read_ahead(self, user: User) -> None:
+        """Start opening the user's Mailbox and INBOX in a worker thread while the password is
+        verified (called by Directory.authenticate for an existing user only, after the lockout
+        check): the hash takes the longest part of a LOGIN, and runs without the GIL.
 
         On a big INBOX that this process has not opened yet, the opening reads its index (about
-        a millisecond for 100,000 messages); otherwise it is a stat or two. A failure is left to
-        the SELECT, which then opens the folder itself and reports what it finds."""
-        mailbox = self.mailbox
-        if mailbox is None or self.state is not State.AUTHENTICATED or self._inbox is not None:
-            return
+        a millisecond for 100,000 messages); otherwise it is a stat or two. Nothing of it reaches
+        the client unless the password is right, and it writes nothing that the next delivery
+        or session would not write too: a mailbox not set up yet (its first open writes its
+        special folders and state) is left to the LOGIN that succeeds. A failure to open INBOX
+        is left to the SELECT, which then opens the folder itself and reports what it finds."""
 
-        def open_inbox() -> Folder:
-            folder = mailbox.folder(INBOX)
-            folder.sync(list_first=False)
-            return folder
+        def read() -> tuple[Mailbox | None, Folder | None]:
+            mailbox = Mailbox.if_set_up(self.maildir_of(user.address))
+            if mailbox is None:
+                return None, None
+            try:
+                folder = mailbox.folder(INBOX)
+                folder.sync(list_first=False)
+            except Exception:
+                return mailbox, None
+            return mailbox, folder
 
-        self._inbox = self.io(open_inbox)
-        self._inbox.add_done_callback(_quietly)
+        self._read_ahead = self.io(read)
+        self._read_ahead.add_done_callback(_quietly)  # a failed LOGIN never asks for it
 
-    async def take_inbox(self, *, wanted: bool = True) -> Folder | None:
-        """The Folder open_inbox_early opened, once (None if it did not or could not).
-        Not wanted: it is dropped without waiting for the opening to end."""
+    def take_inbox(self, *, wanted: bool = True) -> Folder | None:
+        """The INBOX read_ahead opened, once (None if it did not or could not; not wanted: it
+        is dropped)."""
         inbox, self._inbox = self._inbox, None
-        if inbox is None or not wanted:
-            return None
-        try:
-            return await inbox
-        except Exception:
-            return None
+        return inbox if wanted else None
 
     # ----------------------------------------------------------------- IDLE (RFC 2177)
 

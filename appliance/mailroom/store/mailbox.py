@@ -60,6 +60,15 @@ class Mailbox:
             with self._locked():
                 self._first_open()
 
+    @classmethod
+    def if_set_up(cls, root: Path) -> Mailbox | None:
+        """The Mailbox if it exists with what its first open writes, else None: opening it then
+        writes nothing of its own (for a look before its owner has logged in)."""
+        root = Path(root)
+        if not all(os.path.exists(root / name) for name in ("new", MAILBOX_FILE, STATE_FILE)):
+            return None
+        return cls(root)
+
     # ----------------------------------------------------------------- folders
 
     def folder(self, name: str) -> Folder:
