@@ -335,7 +335,7 @@ class MailboxCommands:
             self.condstore = True
         mailbox = self._mailbox()
         again = previous.folder if previous is not None and previous.name == command.mailbox else None
-        # The first SELECT or EXAMINE ends the early opening; only one of INBOX waits for it.
+        # The first SELECT or EXAMINE takes the INBOX read at LOGIN (or drops it, for another name).
         inbox = self.take_inbox(wanted=command.mailbox.upper() == INBOX)
         if again is None and inbox is not None:
             again = inbox
