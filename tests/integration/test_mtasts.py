@@ -247,7 +247,11 @@ def test_enforce_delivers_over_verified_tls_and_caches_on_disk(
     try:
         local.spool.enqueue(Envelope("alice@example.test", ("bob@enforce.test",)), message("sts2"))
         local.start()
-        wait_for(lambda: len(remote.messages("bob@enforce.test")) == 2, what="the second delivery")
+        try:
+            wait_for(lambda: len(remote.messages("bob@enforce.test")) == 2, what="the second delivery")
+        except AssertionError as exc:  # say why: a first attempt that failed retries only in 60 s
+            states = [p.read_text() for p in local.spool.incoming.glob("*.state")]
+            raise AssertionError(f"{exc}\nqueue: {states}\ndeliveryd log:\n{local.log()[-4000:]}") from None
         assert policy_server.requests.count("mta-sts.enforce.test") == fetches
     finally:
         policy_server.broken = False
