@@ -583,9 +583,26 @@ def settled(box: Maildir, folder: Folder) -> None:
 def notice(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """quiet() with the kernel's notice of changes (store/changes.py), and without it, as on a
     file system it does not trust, where it looks at the folder each time."""
-    if not request.param:
+    if request.param:
+        monkeypatch.setattr(folder_module.CHANGES, "wanted", True)  # as CHANGES.prepare() does
+    else:
         monkeypatch.setattr(folder_module.CHANGES, "watch", lambda path: None)
     return bool(request.param)
+
+
+def test_a_process_that_did_not_ask_for_the_notice_watches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pop3d and the CLI never ask Folder.quiet: a look serves them, and costs no watch."""
+    for wanted in (False, True):
+        monkeypatch.setattr(folder_module.CHANGES, "wanted", wanted)
+        box = Maildir(tmp_path / f"box-{wanted}")
+        box.create()
+        deliver(box, 2)
+        folder = Folder(box.path)
+        settled(box, folder)
+        assert (folder._listing._watch is not None) is wanted
+        assert folder.quiet([])  # without the notice, by a look at the folder
 
 
 def test_quiet_only_when_sync_would_report_nothing(maildir: Maildir, notice: bool) -> None:

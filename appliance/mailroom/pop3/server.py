@@ -14,7 +14,6 @@ from .. import daemon, metrics
 from ..accounts import Directory
 from ..config import Config, Listener
 from ..store import MaildirStore
-from ..store.changes import CHANGES
 from . import protocol
 from .session import TLS_HANDSHAKE_TIMEOUT, Session
 
@@ -36,8 +35,6 @@ def serve(config: Config) -> None:
         return store.mailbox(address).path
 
     async def main(stop: asyncio.Event) -> None:
-        CHANGES.prepare()  # in this worker process, before the first maildrop is opened
-
         def refuse(listener: Listener) -> bytes:
             metrics.POP3_CONNECTIONS_REFUSED.labels(listener.name).inc()
             return protocol.err("Too many connections, try again later", protocol.SYS_TEMP)

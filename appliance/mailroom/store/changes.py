@@ -78,6 +78,8 @@ class FolderChanges:
 
     def __init__(self) -> None:
         self._fd: int | None = None
+        # Whether this process's folders are watched at all (see prepare).
+        self.wanted = False
         self._reset()
         os.register_at_fork(after_in_child=self._forked)
 
@@ -102,8 +104,12 @@ class FolderChanges:
         self._overflows = 0
 
     def prepare(self) -> None:
-        """Make this process's inotify instance now (a worker at start), not at the first open
-        of a folder, which a client is waiting for (0.1-0.4 ms with loading libc's functions)."""
+        """Watch this process's folders from now on (folder.py _notice), and make its inotify
+        instance now (a worker at start), not at the first open of a folder, which a client is
+        waiting for (0.1-0.4 ms with loading libc's functions). Only a process whose event loop
+        asks whether a folder changed (imapd's workers: Folder.quiet) gains by the counts; in
+        others (pop3d, the CLI) a look at the folder serves as well, and costs no watch."""
+        self.wanted = True
         _local("/")
         with self._lock:
             self._instance()

@@ -838,8 +838,9 @@ class _Listing:
 
     def _notice(self) -> int | None:
         """The kernel's count of changes to the folder, read before a look at it (a change
-        after this shows in a later count); the watch is set up at the first call."""
-        if not self._watch_tried:
+        after this shows in a later count); the watch is set up at the first call in a process
+        that wants it (CHANGES.prepare)."""
+        if not self._watch_tried and CHANGES.wanted:
             self._watch_tried = True
             self._watch = CHANGES.watch(self._path_str)
             if self._watch is not None:
