@@ -40,6 +40,11 @@ MAILBOX_FILE = "mailroom-mailbox"
 MAILBOX_LOCK = "mailroom-mailbox-lock"
 
 
+def _set_up(root: Path) -> bool:
+    """Whether the mailbox's first open (special folders, INBOX's state) has been made."""
+    return (root / MAILBOX_FILE).exists() and (root / STATE_FILE).exists()
+
+
 @dataclass(frozen=True, slots=True)
 class FolderInfo:
     """A LIST entry: attributes are \\Noselect, \\HasChildren / \\HasNoChildren; special_use
@@ -56,7 +61,7 @@ class Mailbox:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         Maildir(self.root).create()
-        if not (self.root / MAILBOX_FILE).exists() or not (self.root / STATE_FILE).exists():
+        if not _set_up(self.root):
             with self._locked():
                 self._first_open()
 
@@ -65,7 +70,7 @@ class Mailbox:
         """The Mailbox if it exists with what its first open writes, else None: opening it then
         writes nothing of its own (for a look before its owner has logged in)."""
         root = Path(root)
-        if not all(os.path.exists(root / name) for name in ("new", MAILBOX_FILE, STATE_FILE)):
+        if not (root / "new").is_dir() or not _set_up(root):
             return None
         return cls(root)
 
