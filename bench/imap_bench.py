@@ -857,49 +857,63 @@ async def big_session(port: int, account: Account, repeat: int) -> dict[str, lis
 
 WARM_AFTER_LOGIN = "warm, SELECT after LOGIN"
 WARM_RESELECT = "warm, reselect after the FETCH"
-# Reselects per warm session: each is well under a millisecond, and the noise of this machine is
-# a tenth of one; the row reports their median (the other rows have one SELECT per round).
-WARM_RESELECTS = 5
+# Reselects per warm session: each is well under a millisecond and single ones on this machine
+# range over half of one; the row reports their median (the other rows have one SELECT per round).
+WARM_RESELECTS = 15
 
 
-def big_runs(server: Server, args: argparse.Namespace, account: Account) -> list[dict]:
-    runs = []
-    say(f"big {server.name:8} machine quiet after {settle():.0f} s")
-    # First open ever: Mailroom assigns UIDs, Dovecot builds its index. From a dropped page
-    # cache, as every cold run below: what the earlier sections left cached of each server's
-    # folder (its 100,000 directory entries) depends on which server went first, not on it.
+def big_round(server: Server, account: Account, round_no: int) -> list[dict]:
+    """Cold (page cache dropped, a fresh server) then warm (the next session), as rows."""
+    server.stop()
     drop_caches()
-    server.start()
+    server.start()  # Mailroom: a fresh process; Dovecot: every connection gets a fresh imap
     try:
-        t = asyncio.run(big_session(server.port, account, 1))
-        runs.append({"server": server.name, "kind": "first open (no index/UIDs yet)", **t})
-        for round_no in range(args.big_rounds):
-            server.stop()
-            drop_caches()
-            server.start()  # Mailroom: a fresh process; Dovecot: every connection gets a fresh imap
-            cold = asyncio.run(big_session(server.port, account, 1))
-            runs.append({"server": server.name, "kind": "cold", "round": round_no + 1, **cold})
-            warm = asyncio.run(big_session(server.port, account, 1 + WARM_RESELECTS))
-            # Two different things: the SELECT a client sends after LOGIN (the folder open in no
-            # session, its files cached), and a reselect in the same session right after the 4 MB
-            # FETCH (what the session has open is at hand).
-            for kind, picked in ((WARM_AFTER_LOGIN, slice(0, 1)), (WARM_RESELECT, slice(1, None))):
-                runs.append(
-                    {
-                        "server": server.name,
-                        "kind": kind,
-                        "round": round_no + 1,
-                        **warm,
-                        "select": warm["select"][picked],  # type: ignore[index]
-                        "fetch": warm["fetch"][picked],  # type: ignore[index]
-                    }
-                )
+        cold = asyncio.run(big_session(server.port, account, 1))
+        warm = asyncio.run(big_session(server.port, account, 1 + WARM_RESELECTS))
     finally:
         server.stop()
+    runs = [{"server": server.name, "kind": "cold", "round": round_no, **cold}]
+    # Two different things: the SELECT a client sends after LOGIN (the folder open in no session,
+    # its files cached), and a reselect in the same session right after the 4 MB FETCH (what the
+    # session has open is at hand).
+    for kind, picked in ((WARM_AFTER_LOGIN, slice(0, 1)), (WARM_RESELECT, slice(1, None))):
+        runs.append(
+            {
+                "server": server.name,
+                "kind": kind,
+                "round": round_no,
+                **warm,
+                "select": warm["select"][picked],  # type: ignore[index]
+                "fetch": warm["fetch"][picked],  # type: ignore[index]
+            }
+        )
+    return runs
+
+
+def big_runs(servers: list[Server], args: argparse.Namespace, account: Account) -> list[dict]:
+    runs = []
+    for server in servers:
+        say(f"big {server.name:8} machine quiet after {settle():.0f} s")
+        # First open ever: Mailroom assigns UIDs, Dovecot builds its index. From a dropped page
+        # cache, as every cold run below: what the earlier sections left cached of each server's
+        # folder (its 100,000 directory entries) depends on which server went first, not on it.
+        drop_caches()
+        server.start()
+        try:
+            t = asyncio.run(big_session(server.port, account, 1))
+        finally:
+            server.stop()
+        runs.append({"server": server.name, "kind": "first open (no index/UIDs yet)", **t})
+    # The rounds interleaved, each round in the other order: the machine's speed drifts over
+    # minutes by more than the warm rows differ.
+    for round_no in range(1, args.big_rounds + 1):
+        for server in servers if round_no % 2 else servers[::-1]:
+            say(f"big {server.name:8} round {round_no}, machine quiet after {settle():.0f} s")
+            runs += big_round(server, account, round_no)
     for run in runs:
         say(
-            f"big {server.name:8} {run['kind']:32} connect+LOGIN {run['login'][0]:7.3f} s  "
-            f"SELECT {min(run['select']):7.3f} s  "
+            f"big {run['server']:8} {run['kind']:32} connect+LOGIN {run['login'][0]:7.3f} s  "
+            f"SELECT {statistics.median(run['select']):7.3f} s  "
             f"UID FETCH 1:* (FLAGS) {min(run['fetch']):7.3f} s  ({run['exists']} messages)"
         )
     return runs
@@ -1160,7 +1174,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--big", type=int, default=None, help="messages in the big INBOX (100000; quick 2000)"
     )
-    parser.add_argument("--big-rounds", type=int, default=None, help="cold+warm rounds (2; quick 1)")
+    parser.add_argument(
+        "--big-rounds", type=int, default=None, help="cold+warm rounds, servers interleaved (3; quick 1)"
+    )
     parser.add_argument(
         "--logins", type=int, default=None, help="strong-hash logins per server (20; quick 2)"
     )
@@ -1183,7 +1199,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "messages": (500, 100),
         "idle_sessions": ("1000,10000", "100"),
         "big": (100_000, 2000),
-        "big_rounds": (2, 1),
+        "big_rounds": (3, 1),
         "logins": (20, 2),
     }
     for key, (full, quick) in defaults.items():
@@ -1335,8 +1351,7 @@ def main(argv: list[str] | None = None) -> int:
                 for server in servers:
                     results["memory"] += memory_runs(server, args, accounts)
         if "big" in args.sections:
-            for server in servers:
-                results["big"] += big_runs(server, args, big)
+            results["big"] += big_runs(servers, args, big)
         results["problems"] = {s.name: s.problems()[:20] for s in servers}
     except KeyboardInterrupt:
         print("imap_bench: interrupted, cleaning up", file=sys.stderr)
