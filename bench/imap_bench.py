@@ -11,7 +11,7 @@ ARGON2ID scheme verifies the very strings Mailroom's configuration holds). Four 
 - memory: PSS (/proc/PID/smaps_rollup) summed over every server process with 1,000 and 10,000
   sessions idling in IDLE; Dovecot hibernates idle IMAP sessions (imap-hibernate);
 - big mailbox: SELECT and UID FETCH 1:* (FLAGS) on a 100,000-message INBOX, cold (page cache
-  dropped, and for Mailroom a fresh process) and warm;
+  dropped, and for Mailroom a fresh process) and warm, the servers interleaved over rounds;
 - login: connect + TLS + LOGIN + LOGOUT with the production-strength hash.
 
 This measures and prints; it asserts nothing about speed. Run it as root (it drops the page cache
