@@ -864,7 +864,6 @@ WARM_RESELECTS = 15
 
 def big_round(server: Server, account: Account, round_no: int) -> list[dict]:
     """Cold (page cache dropped, a fresh server) then warm (the next session), as rows."""
-    server.stop()
     drop_caches()
     server.start()  # Mailroom: a fresh process; Dovecot: every connection gets a fresh imap
     try:
